@@ -1,0 +1,1 @@
+"""Raw exposure events in, canonical daily partitions out."""

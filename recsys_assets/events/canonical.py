@@ -1,0 +1,269 @@
+"""Canonical exposures (SPEC §3): the valid, normalized, de-duplicated events of one partition.
+
+Pure: decoded lines in, frames and counts out. Every line ends in exactly one place: the
+events, the partition's rejects (with a reason), the unattributed quarantine of a flat file,
+another partition, or the duplicate count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from recsys_assets.events.parse import ID_FIELDS, REQUIRED_FIELDS, DecodedLines
+
+EVENT_SCHEMA = {
+    "ts": pl.Datetime("us", "UTC"),
+    "tenant": pl.String,
+    "surface": pl.String,
+    "session_id": pl.String,
+    "item_id": pl.String,
+    "user_id": pl.String,
+    "request_id": pl.String,
+    "rank": pl.Int64,
+}
+SORT_KEYS = ["ts", "session_id", "rank", "item_id", "user_id", "request_id"]
+REJECT_SCHEMA = {"line": pl.Int64, "reason": pl.String, "detail": pl.String, "raw": pl.String}
+
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
+
+
+@dataclass(frozen=True)
+class Partition:
+    tenant: str
+    surface: str
+    day: dt.date
+
+    @property
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        start = dt.datetime.combine(self.day, dt.time(), tzinfo=dt.UTC)
+        return start, start + dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class CanonicalPartition:
+    events: pl.DataFrame
+    rejects: pl.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def _parse_ts(column: pl.Expr) -> pl.Expr:
+    normalized = (
+        column.str.to_uppercase()
+        .str.replace(" ", "T", literal=True)
+        .str.replace(r"Z$", "+00:00")
+        .str.replace(r"(\.\d{6})\d+", "$1")
+    )
+    parsed = normalized.str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False
+    )
+    return pl.when(column.str.contains(_RFC3339)).then(parsed)
+
+
+def validate(decoded: DecodedLines) -> pl.DataFrame:
+    """Normalize fields and give each row the first rule it breaks (`reason`, `detail`)."""
+    frame = decoded.frame.with_columns(
+        [pl.col(name).str.strip_chars() for name in ID_FIELDS], ts_raw=pl.col("ts")
+    ).with_columns(
+        [
+            pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name)).alias(name)
+            for name in ("user_id", "request_id")
+        ],
+        ts=_parse_ts(pl.col("ts")),
+    )
+    rules: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (pl.col("v").is_null(), "missing_field", pl.lit("v is missing")),
+        (pl.col("v") != 1, "unsupported_version", pl.format("v must be 1, got {}", "v")),
+    ]
+    for name in REQUIRED_FIELDS[1:]:
+        column = pl.col("ts_raw" if name == "ts" else name)
+        rules.append((column.is_null(), "missing_field", pl.lit(f"{name} is missing")))
+        rules.append(
+            (column.str.strip_chars() == "", "empty_field", pl.lit(f"{name} is empty"))
+        )
+    rules += [
+        (pl.col("rank") < 0, "negative_rank", pl.format("rank must be >= 0, got {}", "rank")),
+        (
+            pl.col("ts").is_null(),
+            "bad_timestamp",
+            pl.format("ts is not an RFC 3339 timestamp: {}", "ts_raw"),
+        ),
+    ]
+    reason = pl.col("reason")
+    detail = pl.col("detail")
+    for condition, name, message in reversed(rules):
+        reason = pl.when(pl.col("reason").is_null() & condition).then(pl.lit(name)).otherwise(reason)
+        detail = pl.when(pl.col("reason").is_null() & condition).then(message).otherwise(detail)
+    # The rules above are applied first-listed-wins: each `when` wraps the later ones.
+    return frame.with_columns(reason=reason, detail=detail)
+
+
+def _rejects(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(
+        line=pl.col("line_no"), reason="reason", detail="detail", raw="raw"
+    ).sort("line")
+
+
+def _finish(
+    rows: pl.DataFrame,
+    rejects: pl.DataFrame,
+    counts: dict[str, int],
+    dedup_exact: bool,
+) -> CanonicalPartition:
+    events = rows.select([pl.col(n).cast(t) for n, t in EVENT_SCHEMA.items()])
+    before = events.height
+    if dedup_exact:
+        events = events.unique(maintain_order=False)
+    events = events.sort(SORT_KEYS, nulls_last=True).rechunk()
+    reasons = rejects.group_by("reason").len().sort("reason")
+    stats = events.select(
+        sessions=pl.col("session_id").n_unique(),
+        items=pl.col("item_id").n_unique(),
+        users=pl.col("user_id").drop_nulls().n_unique(),
+    ).row(0, named=True)
+    counts = counts | {
+        "rows": events.height,
+        "rejects": rejects.height,
+        "duplicates": before - events.height,
+        "distinct_sessions": stats["sessions"],
+        "distinct_items": stats["items"],
+        "distinct_users": stats["users"],
+    }
+    return CanonicalPartition(
+        events=events,
+        rejects=rejects,
+        counts=counts,
+        rejects_by_reason=dict(zip(reasons["reason"], reasons["len"], strict=True)),
+    )
+
+
+def canonical_from_day_file(
+    decoded: DecodedLines, partition: Partition, *, dedup_exact: bool = True
+) -> CanonicalPartition:
+    """A per-day file belongs to its partition line by line."""
+    start, end = partition.window
+    frame = validate(decoded)
+    outside = (pl.col("ts") < start) | (pl.col("ts") >= end)
+    frame = frame.with_columns(
+        reason=pl.when(pl.col("reason").is_null() & outside)
+        .then(pl.lit("outside_window"))
+        .when(
+            pl.col("reason").is_null()
+            & ((pl.col("tenant") != partition.tenant) | (pl.col("surface") != partition.surface))
+        )
+        .then(pl.lit("wrong_partition"))
+        .otherwise("reason"),
+        detail=pl.when(pl.col("reason").is_null() & outside)
+        .then(pl.format("ts {} is outside {}", "ts_raw", pl.lit(partition.day.isoformat())))
+        .when(
+            pl.col("reason").is_null()
+            & ((pl.col("tenant") != partition.tenant) | (pl.col("surface") != partition.surface))
+        )
+        .then(
+            pl.format(
+                "event of {}/{} in the file of {}/{}",
+                "tenant",
+                "surface",
+                pl.lit(partition.tenant),
+                pl.lit(partition.surface),
+            )
+        )
+        .otherwise("detail"),
+    )
+    counts = {
+        "lines": decoded.total_lines,
+        "blank_lines": decoded.blank_lines,
+        "attributed_lines": decoded.total_lines - decoded.blank_lines,
+    }
+    return _finish(
+        frame.filter(pl.col("reason").is_null()),
+        _rejects(frame.filter(pl.col("reason").is_not_null())),
+        counts,
+        dedup_exact,
+    )
+
+
+def attribute(decoded: DecodedLines) -> pl.DataFrame:
+    """Validated rows of a flat file with the partition they belong to (`day`), if any."""
+    frame = validate(decoded)
+    attributable = (
+        pl.col("tenant").is_not_null()
+        & (pl.col("tenant") != "")
+        & pl.col("surface").is_not_null()
+        & (pl.col("surface") != "")
+        & pl.col("ts").is_not_null()
+    )
+    return frame.with_columns(day=pl.when(attributable).then(pl.col("ts").dt.date()))
+
+
+def canonical_from_flat_file(
+    attributed: pl.DataFrame,
+    partition: Partition,
+    *,
+    blank_lines: int,
+    total_lines: int,
+    dedup_exact: bool = True,
+) -> CanonicalPartition:
+    """The lines of a flat file that name this partition by tenant, surface and `ts`."""
+    mine = attributed.filter(
+        (pl.col("tenant") == partition.tenant)
+        & (pl.col("surface") == partition.surface)
+        & (pl.col("day") == partition.day)
+    )
+    counts = {
+        "lines": total_lines,
+        "blank_lines": blank_lines,
+        "attributed_lines": mine.height,
+    }
+    return _finish(
+        mine.filter(pl.col("reason").is_null()),
+        _rejects(mine.filter(pl.col("reason").is_not_null())),
+        counts,
+        dedup_exact,
+    )
+
+
+def unattributed(attributed: pl.DataFrame, known_keys: set[tuple[str, str]]) -> pl.DataFrame:
+    """Lines of a flat file that no configured partition can take, with their reason."""
+    known = pl.DataFrame(
+        {"tenant": [t for t, _ in known_keys], "surface": [s for _, s in known_keys]},
+        schema={"tenant": pl.String, "surface": pl.String},
+    ).with_columns(known=pl.lit(True))
+    frame = attributed.join(known, on=["tenant", "surface"], how="left", nulls_equal=False)
+    orphan = pl.col("day").is_null() | pl.col("known").is_null()
+    return (
+        frame.filter(orphan)
+        .with_columns(
+            reason=pl.when(pl.col("day").is_null())
+            .then(pl.col("reason").fill_null("unattributable"))
+            .otherwise(pl.lit("unknown_tenant_surface")),
+            detail=pl.when(pl.col("day").is_null())
+            .then(pl.col("detail").fill_null("no tenant, surface or valid ts"))
+            .otherwise(pl.format("{}/{} is not configured", "tenant", "surface")),
+        )
+        .pipe(_rejects)
+    )
+
+
+def parquet_bytes(events: pl.DataFrame) -> bytes:
+    """Deterministic Parquet bytes of a canonical frame."""
+    buffer = io.BytesIO()
+    events.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True)
+    return buffer.getvalue()
+
+
+def ndjson_bytes(frame: pl.DataFrame) -> bytes:
+    if frame.height == 0:
+        return b""
+    buffer = io.BytesIO()
+    frame.write_ndjson(buffer)
+    return buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,193 @@
+"""Tolerant, fast parsing of exposure JSON Lines (SPEC §2) into typed columns.
+
+Every non-blank line comes out as one row, either with its fields or with the reason it
+failed. polars parses the bulk in one vectorized pass; msgspec is the strict gate for the
+lines polars would be lenient with (it turns `"item_id": 5` into "5") or would fail on (one
+malformed line fails a whole `read_ndjson`). Both paths end in the same polars parse, so a
+line's verdict never depends on its neighbours.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+import polars as pl
+
+STRING_FIELDS = ("ts", "tenant", "surface", "session_id", "item_id", "user_id", "request_id")
+INT_FIELDS = ("v", "rank")
+ID_FIELDS = ("tenant", "surface", "session_id", "item_id", "user_id", "request_id")
+REQUIRED_FIELDS = ("v", "ts", "tenant", "surface", "session_id", "item_id")
+
+JSON_SCHEMA = {
+    "v": pl.Int64,
+    "ts": pl.String,
+    "tenant": pl.String,
+    "surface": pl.String,
+    "session_id": pl.String,
+    "item_id": pl.String,
+    "user_id": pl.String,
+    "request_id": pl.String,
+    "rank": pl.Int64,
+}
+
+# Lines that polars would coerce or misread go through the strict gate: a non-string value
+# for a string field, a non-integer for an integer field, any \u escape (keys can be
+# escaped too, and polars turns lone surrogates into NUL), anything not shaped `{...}`.
+_SUSPECT = (
+    r'"(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]'
+    r'|"(?:v|rank)"\s*:\s*(?:[^-\d\sn]|-?\d+[.eE])'
+    r"|\\u"
+)
+
+BLOCK_LINES = 50_000
+
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Gate(msgspec.Struct, gc=False):
+    """Type gate only: missing fields and nulls are judged later, with their own reasons."""
+
+    v: Int64 | None = None
+    ts: str | None = None
+    tenant: str | None = None
+    surface: str | None = None
+    session_id: str | None = None
+    item_id: str | None = None
+    user_id: str | None = None
+    request_id: str | None = None
+    rank: Int64 | None = None
+
+
+_GATE = msgspec.json.Decoder(_Gate)
+
+
+@dataclass(frozen=True)
+class DecodedLines:
+    """One row per non-blank line: `line_no`, `raw`, the JSON fields, `reason`, `detail`."""
+
+    frame: pl.DataFrame
+    total_lines: int
+    blank_lines: int
+
+
+def split_lines(data: bytes) -> pl.DataFrame:
+    """Number every line (1-based); `utf8` is false where the line is not valid UTF-8."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+        utf8 = None
+    except UnicodeDecodeError:
+        lines, utf8 = [], []
+        for chunk in data.split(b"\n"):
+            try:
+                lines.append(chunk.decode("utf-8"))
+                utf8.append(True)
+            except UnicodeDecodeError:
+                lines.append(chunk.decode("utf-8", "replace"))
+                utf8.append(False)
+    if lines and lines[-1] == "":
+        lines.pop()
+        if utf8:
+            utf8.pop()
+    frame = pl.DataFrame(
+        {
+            "line_no": pl.int_range(1, len(lines) + 1, dtype=pl.Int64, eager=True),
+            "raw": pl.Series("raw", lines, dtype=pl.String).str.strip_chars_end("\r"),
+        }
+    )
+    return frame.with_columns(
+        utf8=pl.lit(True) if utf8 is None else pl.Series("utf8", utf8, dtype=pl.Boolean)
+    )
+
+
+def _gate_reason(line: str) -> tuple[str, str] | None:
+    try:
+        _GATE.decode(line)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if message.startswith("Expected `object`"):
+            return "not_object", message
+        return "bad_type", message
+    except msgspec.DecodeError as exc:
+        return "malformed_json", str(exc)
+    return None
+
+
+def _read_json(lines: pl.Series) -> pl.DataFrame:
+    if lines.len() == 0:
+        return pl.DataFrame(schema=JSON_SCHEMA)
+    buffer = io.BytesIO(lines.str.join("\n").item().encode())
+    parsed = pl.read_ndjson(buffer, schema=JSON_SCHEMA)
+    if parsed.height != lines.len():
+        raise RuntimeError(f"JSON parser returned {parsed.height} rows for {lines.len()} lines")
+    return parsed
+
+
+def decode_lines(data: bytes) -> DecodedLines:
+    """Parse JSON Lines bytes; blank lines are counted, every other line gets a row."""
+    lines = split_lines(data)
+    total = lines.height
+    lines = lines.filter(~pl.col("utf8") | (pl.col("raw").str.strip_chars() != ""))
+    blank = total - lines.height
+    lines = lines.with_columns(
+        suspect=~pl.col("utf8")
+        | ~pl.col("raw").str.strip_chars().str.starts_with("{")
+        | ~pl.col("raw").str.strip_chars().str.ends_with("}")
+        | pl.col("raw").str.contains(_SUSPECT)
+    )
+
+    parts: list[pl.DataFrame] = []
+    gated: list[pl.DataFrame] = [lines.filter(pl.col("suspect"))]
+    clean = lines.filter(~pl.col("suspect"))
+    for start in range(0, clean.height, BLOCK_LINES):
+        block = clean.slice(start, BLOCK_LINES)
+        try:
+            fields = _read_json(block["raw"])
+        except (pl.exceptions.ComputeError, pl.exceptions.PolarsError):
+            gated.append(block)
+            continue
+        parts.append(pl.concat([block.select("line_no", "raw"), fields], how="horizontal"))
+
+    for block in gated:
+        if block.height == 0:
+            continue
+        verdicts = [
+            _gate_reason(raw) if ok else ("invalid_utf8", "line is not valid UTF-8")
+            for raw, ok in zip(block["raw"].to_list(), block["utf8"].to_list(), strict=True)
+        ]
+        failed = pl.Series("failed", [v is not None for v in verdicts], dtype=pl.Boolean)
+        block = block.with_columns(failed)
+        passed = block.filter(~pl.col("failed"))
+        if passed.height:
+            fields = _read_json(passed["raw"])
+            parts.append(pl.concat([passed.select("line_no", "raw"), fields], how="horizontal"))
+        bad = [v for v in verdicts if v is not None]
+        if bad:
+            rejected = block.filter(pl.col("failed"))
+            parts.append(
+                pl.DataFrame(
+                    {
+                        "line_no": rejected["line_no"],
+                        "raw": rejected["raw"],
+                        "reason": [reason for reason, _ in bad],
+                        "detail": [detail for _, detail in bad],
+                    },
+                    schema={"line_no": pl.Int64, "raw": pl.String}
+                    | {"reason": pl.String, "detail": pl.String},
+                )
+            )
+
+    schema = {"line_no": pl.Int64, "raw": pl.String, **JSON_SCHEMA}
+    schema |= {"reason": pl.String, "detail": pl.String}
+    if not parts:
+        return DecodedLines(pl.DataFrame(schema=schema), total, blank)
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    frame = frame.select(
+        [
+            pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in schema.items()
+        ]
+    ).sort("line_no")
+    return DecodedLines(frame, total, blank)

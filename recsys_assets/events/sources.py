@@ -1,0 +1,51 @@
+"""Raw event sources (SPEC §2), one resource per backend behind one interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from recsys_assets.events.canonical import Partition
+
+DAY_FILE = "exposure.{day}.jsonl"
+FLAT_FILE = "exposure.jsonl"
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """What a source holds for one partition: a per-day file, the flat file, or nothing."""
+
+    layout: str  # "day" | "flat" | "none"
+    data: bytes
+    name: str
+
+
+class RawEventSource(dg.ConfigurableResource, ABC):
+    """Where raw exposure JSON Lines come from."""
+
+    @abstractmethod
+    def read(self, partition: Partition) -> RawInput: ...
+
+
+class FilesystemEventSource(RawEventSource):
+    """`<dir>/<tenant>/<surface>/exposure.YYYY-MM-DD.jsonl`, else the flat `<dir>/exposure.jsonl`.
+
+    A per-day file wins over the flat file for its partition.
+    """
+
+    dir: str
+
+    def read(self, partition: Partition) -> RawInput:
+        root = Path(self.dir)
+        day_file = (
+            root / partition.tenant / partition.surface / DAY_FILE.format(day=partition.day)
+        )
+        if day_file.is_file():
+            return RawInput("day", day_file.read_bytes(), day_file.relative_to(root).as_posix())
+        flat = root / FLAT_FILE
+        if flat.is_file():
+            return RawInput("flat", flat.read_bytes(), FLAT_FILE)
+        return RawInput("none", b"", day_file.relative_to(root).as_posix())

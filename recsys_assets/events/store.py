@@ -1,0 +1,95 @@
+"""The canonical store (SPEC §3): exposures, rejects and the marker written last."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import orjson
+import polars as pl
+
+from recsys_assets.events.canonical import EVENT_SCHEMA, CanonicalPartition, Partition
+from recsys_assets.events.canonical import ndjson_bytes, parquet_bytes, sha256_hex
+from recsys_assets.storage import Store, open_store
+
+
+class PartitionNotReady(RuntimeError):
+    """No marker, or files that do not match their marker."""
+
+
+def _prefix(partition: Partition) -> str:
+    return f"{partition.tenant}/{partition.surface}"
+
+
+def exposures_key(partition: Partition) -> str:
+    return f"{_prefix(partition)}/exposures/{partition.day.isoformat()}.parquet"
+
+
+def rejects_key(partition: Partition) -> str:
+    return f"{_prefix(partition)}/rejects/{partition.day.isoformat()}.jsonl"
+
+
+def marker_key(partition: Partition, dataset: str = "exposures") -> str:
+    return f"{_prefix(partition)}/markers/{dataset}/{partition.day.isoformat()}.json"
+
+
+class CanonicalStore(dg.ConfigurableResource):
+    """Canonical partitions under `location` (a local path; `s3://` with the S3 backend)."""
+
+    location: str
+
+    def _store(self) -> Store:
+        return open_store(self.location)
+
+    def write(
+        self, partition: Partition, canonical: CanonicalPartition, source: str
+    ) -> dict[str, object]:
+        """Write exposures and rejects, then the marker; returns the marker."""
+        store = self._store()
+        events = parquet_bytes(canonical.events)
+        rejects = ndjson_bytes(canonical.rejects)
+        store.write_bytes(exposures_key(partition), events)
+        store.write_bytes(rejects_key(partition), rejects)
+        marker = {
+            "v": 1,
+            "dataset": "exposures",
+            "tenant": partition.tenant,
+            "surface": partition.surface,
+            "day": partition.day.isoformat(),
+            "content_hash": sha256_hex(events),
+            "rejects_hash": sha256_hex(rejects),
+            "source": source,
+            "counts": canonical.counts,
+            "rejects_by_reason": canonical.rejects_by_reason,
+        }
+        store.write_bytes(marker_key(partition), orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+        return marker
+
+    def write_unattributed(self, name: str, data: bytes) -> str:
+        store = self._store()
+        key = f"_unattributed/{name}"
+        store.write_bytes(key, data)
+        return store.uri(key)
+
+    def marker(self, partition: Partition, dataset: str = "exposures") -> dict | None:
+        data = self._store().read_bytes(marker_key(partition, dataset))
+        return orjson.loads(data) if data is not None else None
+
+    def read_events(self, partition: Partition) -> tuple[pl.DataFrame, dict]:
+        """The partition's events, checked against the marker's content hash."""
+        marker = self.marker(partition)
+        if marker is None:
+            raise PartitionNotReady(f"canonical partition {partition} has no marker")
+        data = self._store().read_bytes(exposures_key(partition))
+        if data is None or sha256_hex(data) != marker["content_hash"]:
+            raise PartitionNotReady(
+                f"canonical partition {partition}: exposures do not match the marker's hash"
+            )
+        return pl.read_parquet(data).cast(EVENT_SCHEMA), marker
+
+    def uri(self, key: str) -> str:
+        return self._store().uri(key)
+
+
+def day_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
