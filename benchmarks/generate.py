@@ -1,6 +1,6 @@
 """Synthetic exposure events (SPEC §2) at benchmark scale, with an optional mix of bad lines.
 
-Every column is drawn as a numpy array for a whole day (a few bytes per event), then the
+Every column is drawn as a numpy array for a whole day (~40 bytes per event), then the
 JSON lines are assembled by polars string concatenation a chunk at a time and each chunk is
 written in one call, so 5M events take seconds and the string memory stays bounded by the
 chunk. Same arguments and seed give the same bytes.
@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -30,10 +30,12 @@ DAY_MS = 86_400_000
 MAX_SESSION_EVENTS = 80
 SESSION_LENGTH_SIGMA = 0.9
 SLATE_SIZES = (3, 12)
-REQUEST_GAP_MS = (1_000, 14_000, 300_000)  # floor, exponential mean on top, cap
+# Milliseconds between exposures, (to a new request, within a slate) for each of: the
+# floor, the mean of the exponential on top of it, the cap.
+_GAPS_MS = ((1_000, 300), (14_000, 1_200), (300_000, 60_000))
 ITEM_ZIPF_EXPONENT = 1.0
-USER_ACTIVITY_EXPONENT = 0.6
-EVENTS_PER_SESSION = 8.33
+USER_ACTIVITY_EXPONENT = 0.5
+SESSIONS_PER_EVENT = 0.12
 SESSIONS_PER_USER = 3
 CHUNK_EVENTS = 1_000_000
 
@@ -61,9 +63,10 @@ _NOT_REJECTED = {"blank_line", "duplicate"}
 _OTHER_PARTITION_WHEN_FLAT = {"ts_outside_day", "wrong_tenant"}
 
 Layout = Literal["per-day", "flat"]
+Draw = Callable[[np.random.Generator, int], np.ndarray]
 
 
-def _power_law_sampler(n: int, exponent: float, rng: np.random.Generator):
+def _power_law_sampler(n: int, exponent: float, rng: np.random.Generator) -> Draw:
     """Draw indices 0..n-1 with P(rank r) ∝ (r+1)^-exponent, ranks shuffled onto indices."""
     weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
     cdf = np.cumsum(weights)
@@ -95,7 +98,7 @@ def _session_lengths(n_events: int, n_sessions: int, rng: np.random.Generator) -
 
 
 def _distinct_items_per_request(
-    request: np.ndarray, item: np.ndarray, n_items: int, draw, rng: np.random.Generator
+    request: np.ndarray, item: np.ndarray, n_items: int, draw: Draw, rng: np.random.Generator
 ) -> None:
     """Redraw items repeated within a request: a slate never shows an item twice."""
     check = np.arange(request.size)
@@ -115,50 +118,54 @@ def _day_events(
     *,
     anonymous_share: float,
     n_items: int,
-    draw_item,
-    draw_user,
+    draw_item: Draw,
+    draw_user: Draw,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """All events of one day as arrays, in time order (ts, then request, then rank)."""
+    """All events of one day as arrays, in time order."""
     lengths = _session_lengths(n_events, n_sessions, rng)
-    slate = rng.integers(SLATE_SIZES[0], min(SLATE_SIZES[1], n_items) + 1, n_sessions)
-    slate = np.minimum(slate, n_items)
-    n_requests = -(-lengths // slate)
+    low, high = (min(size, n_items) for size in SLATE_SIZES)
+    slate = rng.integers(low, high + 1, n_sessions)
     anonymous = rng.random(n_sessions) < anonymous_share
     user = np.where(anonymous, -1, draw_user(rng, n_sessions)).astype(np.int32)
 
-    floor_ms, mean_ms, cap_ms = REQUEST_GAP_MS
-    gap = np.minimum(floor_ms + np.rint(rng.exponential(mean_ms, int(n_requests.sum()))), cap_ms)
-    request_session = np.repeat(np.arange(n_sessions), n_requests)
-    first_request = np.cumsum(n_requests) - n_requests
-    gap[first_request] = 0
-    offset = np.cumsum(gap)
-    offset -= np.repeat(offset[first_request], n_requests)
-    duration = offset[first_request + n_requests - 1]
+    session = np.repeat(np.arange(n_sessions), lengths)
+    session_first = np.cumsum(lengths) - lengths
+    position = np.arange(n_events) - session_first[session]
+    rank = position % slate[session]
+    n_requests = -(-lengths // slate)
+    request = (np.cumsum(n_requests) - n_requests)[session] + position // slate[session]
+
+    # A slate's exposures are logged as the user scrolls past them; the next request of the
+    # session comes after a longer pause.
+    new_request = rank == 0
+    floor_ms, mean_ms, cap_ms = (np.where(new_request, r, s) for r, s in _GAPS_MS)
+    gap = np.minimum(floor_ms + np.rint(rng.exponential(1.0, n_events) * mean_ms), cap_ms)
+    gap[session_first] = 0
+    offset = np.cumsum(gap, dtype=np.int64)
+    offset -= offset[session_first][session]
+    duration = offset[session_first + lengths - 1]
     start = np.floor(rng.random(n_sessions) * (DAY_MS - duration)).astype(np.int64)
-    request_ts = start[request_session] + offset
+    ts = start[session] + offset
 
     # Session and request numbers follow time, as a server's counters would.
-    session_no = np.empty(n_sessions, dtype=np.int64)
+    session_no = np.empty(n_sessions, dtype=np.int32)
     session_no[np.argsort(start, kind="stable")] = np.arange(n_sessions)
-    request_no = np.empty(request_ts.size, dtype=np.int64)
-    request_no[np.argsort(request_ts, kind="stable")] = np.arange(request_ts.size)
+    request_start = ts[new_request]
+    request_no = np.empty(request_start.size, dtype=np.int32)
+    request_no[np.argsort(request_start, kind="stable")] = np.arange(request_start.size)
 
-    session = np.repeat(np.arange(n_sessions), lengths)
-    position = np.arange(n_events) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    request = first_request[session] + position // slate[session]
     item = draw_item(rng, n_events)
     _distinct_items_per_request(request, item, n_items, draw_item, rng)
 
-    order = np.argsort(request_no[request], kind="stable")
-    session, request = session[order], request[order]
+    order = np.argsort(ts, kind="stable")
     return {
-        "ts": request_ts[request].astype(np.int32),
-        "session": session_no[session].astype(np.int32),
+        "ts": ts[order].astype(np.int32),
+        "session": session_no[session[order]],
         "item": item[order],
-        "user": user[session],
-        "request": request_no[request].astype(np.int32),
-        "rank": (position % slate[session])[order].astype(np.int32),
+        "user": user[session[order]],
+        "request": request_no[request[order]],
+        "rank": rank[order].astype(np.int32),
     }
 
 
@@ -235,30 +242,36 @@ def _bad_line(kind: str, fragments: dict[str, pl.Expr], day: date, tenant: str) 
             return pl.lit("").alias("line")
         case "duplicate":
             return _line(fragments)
-    raise ValueError(f"unknown bad line kind {kind!r}; known: {', '.join(BAD_KINDS)}")
+        case _:
+            raise ValueError(f"unknown bad line kind {kind!r}; known: {', '.join(BAD_KINDS)}")
 
 
-def _columns(events: dict[str, np.ndarray], rows: np.ndarray, names: dict[str, pl.Series]):
-    """The string-ready columns of the events at `rows` (indices into the day's arrays)."""
+def _columns(
+    events: dict[str, np.ndarray], rows: np.ndarray, names: dict[str, pl.Series], day: date
+) -> pl.DataFrame:
+    """The string-ready columns of the events at `rows` (indices into the day's arrays).
+
+    `names["user"]` ends with a null, the name given to the anonymous user (-1).
+    """
     user = events["user"][rows]
     return pl.DataFrame(
         {
             "time": events["ts"][rows],
             "session_id": events["session"][rows],
             "item_id": names["item"].gather(events["item"][rows]),
-            "user_id": names["user"].gather(np.where(user < 0, 0, user)),
-            "anonymous": user < 0,
+            "user_id": names["user"].gather(np.where(user < 0, names["user"].len() - 1, user)),
             "request": events["request"][rows],
             "rank": events["rank"][rows],
         }
     ).with_columns(
         time=_time_of_day(pl.col("time")),
-        user_id=pl.when(pl.col("anonymous")).then(None).otherwise(pl.col("user_id")),
+        session_id=pl.lit(f"s{day.strftime('%Y%m%d')}-")
+        + pl.col("session_id").cast(pl.String).str.zfill(7),
     )
 
 
 def _write_day(
-    handle,
+    handle: BinaryIO,
     events: dict[str, np.ndarray],
     bad_base: np.ndarray,
     bad_kind: np.ndarray,
@@ -271,22 +284,20 @@ def _write_day(
 ) -> None:
     """Write the day's lines in time order; each bad line goes right after its base event."""
     fragments = _fragments(day, tenant, surface)
-    session_prefix = f"s{day.strftime('%Y%m%d')}-"
     n_events = events["ts"].size
     for start in range(0, n_events, chunk_events):
         stop = min(start + chunk_events, n_events)
         rows = np.arange(start, stop)
         in_chunk = (bad_base >= start) & (bad_base < stop)
         base, kind = bad_base[in_chunk], bad_kind[in_chunk]
-        frame = _columns(events, np.concatenate([rows, base]), names).with_columns(
-            session_id=pl.lit(session_prefix) + pl.col("session_id").cast(pl.String).str.zfill(7)
-        )
+        frame = _columns(events, np.concatenate([rows, base]), names, day)
         valid = frame.head(rows.size).select(_line(fragments))
         bad = frame.tail(base.size).with_columns(kind=kind)
         parts = [valid]
         for k, name in enumerate(BAD_KINDS):
             of_kind = bad.filter(pl.col("kind") == k)
-            parts.append(of_kind.select(_bad_line(name, fragments, day, tenant)))
+            line = _bad_line(name, fragments, day, tenant)
+            parts.append(of_kind.with_columns(line).select("line"))
         lines = pl.concat(parts)
         # Valid rows sort at 2*row, a bad line at 2*base+1, ties kept in injection order.
         bad_by_kind = np.concatenate(
@@ -299,9 +310,8 @@ def _write_day(
 
 
 def _id_table(prefix: str, n: int) -> pl.Series:
-    return pl.concat_str(
-        pl.lit(prefix), pl.int_range(n, eager=True).cast(pl.String).str.zfill(6), eager=True
-    )
+    digits = pl.Series(np.arange(n)).cast(pl.String).str.zfill(6)
+    return (prefix + digits).rename(prefix)
 
 
 @dataclass(frozen=True)
@@ -347,7 +357,9 @@ def _validate(
 ) -> None:
     for name, value in (("tenant", tenant), ("surface", surface)):
         if not _NAME.match(value) or "__" in value or ".." in value:
-            raise ValueError(f"{name} must match {_NAME.pattern} without '__' or '..', got {value!r}")
+            raise ValueError(
+                f"{name} must match {_NAME.pattern} without '__' or '..', got {value!r}"
+            )
     for name, value, low in (
         ("events", events, 0),
         ("days", days, 1),
@@ -414,12 +426,12 @@ def generate(
     `<out>/summary.json`.
 
     `events` and `sessions` are totals over `days` consecutive days from `day`, split evenly;
-    `sessions` defaults to events / 8.33 and `users` to sessions / 3. Each day gets
+    `sessions` defaults to events * 0.12 and `users` to sessions / 3. Each day gets
     round(its events * bad_fraction) injected lines on top of its valid events, cycling
-    through BAD_KINDS. The bytes depend on every argument, `chunk_events` included.
+    through BAD_KINDS. `chunk_events` bounds memory and does not change the bytes.
     """
     first_day = date.fromisoformat(day) if isinstance(day, str) else day
-    sessions = max(1, round(events / EVENTS_PER_SESSION)) if sessions is None else sessions
+    sessions = max(1, round(events * SESSIONS_PER_EVENT)) if sessions is None else sessions
     users = max(1, sessions // SESSIONS_PER_USER) if users is None else users
     _validate(
         events=events,
@@ -440,7 +452,8 @@ def generate(
     catalog_rng = np.random.default_rng(seeds[0])
     draw_item = _power_law_sampler(items, ITEM_ZIPF_EXPONENT, catalog_rng)
     draw_user = _power_law_sampler(users, USER_ACTIVITY_EXPONENT, catalog_rng)
-    names = {"item": _id_table("i", items), "user": _id_table("u", users)}
+    anonymous = pl.Series([None], dtype=pl.String)
+    names = {"item": _id_table("i", items), "user": _id_table("u", users).append(anonymous)}
 
     plans: list[_DayPlan] = []
     for index, (n_events, n_sessions) in enumerate(
@@ -459,6 +472,8 @@ def generate(
         )
 
     def write(handle: BinaryIO, plan: _DayPlan) -> None:
+        if plan.events == 0:
+            return
         rng = np.random.default_rng(seeds[plan.index + 1])
         day_events = _day_events(
             plan.events,
@@ -469,7 +484,7 @@ def generate(
             draw_user=draw_user,
             rng=rng,
         )
-        bad_base = np.sort(rng.integers(0, max(plan.events, 1), plan.injected))
+        bad_base = np.sort(rng.integers(0, plan.events, plan.injected))
         _write_day(
             handle,
             day_events,
@@ -512,7 +527,6 @@ def generate(
             "bad_fraction": bad_fraction,
             "seed": seed,
             "layout": layout,
-            "chunk_events": chunk_events,
         },
         "files": [
             {
@@ -543,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=1, help="consecutive days")
     parser.add_argument("--items", type=int, default=50_000, help="catalog size")
     parser.add_argument("--users", type=int, help="user pool (default sessions / 3)")
-    parser.add_argument("--sessions", type=int, help="total sessions (default events / 8.33)")
+    parser.add_argument("--sessions", type=int, help="total sessions (default events * 0.12)")
     parser.add_argument("--anonymous-share", type=float, default=0.3)
     parser.add_argument("--bad-fraction", type=float, default=0.0, help="injected lines per event")
     parser.add_argument("--seed", type=int, default=7)

@@ -37,17 +37,9 @@ def build_canonical_partition(
 
 
 def canonical_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    check_specs = [
-        dg.AssetCheckSpec(
-            name, asset=CANONICAL, description=text, blocking=True, partitions_def=partitions_def
-        )
-        for name, text in CANONICAL_CHECKS.items()
-    ]
-
     @dg.asset(
         key=CANONICAL,
         partitions_def=partitions_def,
-        check_specs=check_specs,
         group_name="events",
         kinds={"polars", "parquet"},
         description="Valid, normalized, de-duplicated exposure events of one UTC day "
@@ -70,9 +62,6 @@ def canonical_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition) 
             metadata["unattributed_path"] = canonical_store.write_unattributed(name, orphans)
             metadata["unattributed_lines"] = orphans.count(b"\n")
         marker = canonical_store.write(partition, result, raw.name)
-        start, end = partition.window
-        outside = result.events.filter((pl.col("ts") < start) | (pl.col("ts") >= end)).height
-        guards = canonical_guards(result.counts, config.limits, outside)
         seconds = time.perf_counter() - started
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: "
@@ -90,15 +79,42 @@ def canonical_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition) 
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
                 **metadata,
             },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=guard.name,
-                    passed=guard.passed,
-                    description=guard.message,
-                    metadata=guard.metadata,
-                )
-                for guard in guards
-            ],
         )
 
     return canonical_exposures
+
+
+def canonical_checks(
+    config: AppConfig, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    """The blocking guards of SPEC §6, evaluated per partition from the marker and the events."""
+    specs = [
+        dg.AssetCheckSpec(
+            name, asset=CANONICAL, description=text, blocking=True, partitions_def=partitions_def
+        )
+        for name, text in CANONICAL_CHECKS.items()
+    ]
+
+    @dg.multi_asset_check(specs=specs, name="canonical_guards", can_subset=True)
+    def canonical_guards_check(
+        context: dg.AssetCheckExecutionContext, canonical_store: CanonicalStore
+    ):
+        partition = parse_partition_key(context.partition_key)
+        events, marker = canonical_store.read_events(partition)
+        start, end = partition.window
+        outside = events.filter((pl.col("ts") < start) | (pl.col("ts") >= end)).height
+        selected = {key.name for key in context.selected_asset_check_keys}
+        for guard in canonical_guards(marker["counts"], config.limits, outside):
+            if guard.name not in selected:
+                continue
+            if not guard.passed:
+                context.log.error(f"{partition}: check {guard.name} failed: {guard.message}")
+            yield dg.AssetCheckResult(
+                asset_key=CANONICAL,
+                check_name=guard.name,
+                passed=guard.passed,
+                description=guard.message,
+                metadata=guard.metadata,
+            )
+
+    return canonical_guards_check

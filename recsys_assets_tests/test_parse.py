@@ -1,0 +1,141 @@
+import datetime as dt
+import json
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys_assets.events.canonical import Partition, canonical_from_day_file
+from recsys_assets.events.parse import decode_lines
+from recsys_assets_tests.conftest import event, lines
+
+DAY = Partition("demo", "home", dt.date(2026, 1, 1))
+
+BAD = {
+    "malformed_json": '{"v":1,"ts":',
+    "not_object": "[1, 2]",
+    "unsupported_version": json.dumps(event(v=2)),
+    "bad_type": json.dumps(event(item_id=5)),
+    "missing_field": json.dumps({k: v for k, v in event().items() if k != "session_id"}),
+    "empty_field": json.dumps(event(item_id="   ")),
+    "negative_rank": json.dumps(event(rank=-1)),
+    "bad_timestamp": json.dumps(event(ts="2026-01-01 8am")),
+    "outside_window": json.dumps(event(day="2025-12-31", time="23:59:59")),
+    "wrong_partition": json.dumps(event(tenant="acme")),
+    "invalid_utf8": b'{"v":1,"item_id":"\xff"}',
+}
+
+
+def test_every_bad_kind_is_rejected_with_its_reason():
+    for reason, raw in BAD.items():
+        data = raw if isinstance(raw, bytes) else raw.encode()
+        result = canonical_from_day_file(decode_lines(data + b"\n"), DAY)
+        assert result.rejects["reason"].to_list() == [reason], raw
+        assert result.events.height == 0
+        assert result.rejects["detail"][0]
+
+
+def test_verdicts_do_not_depend_on_neighbours():
+    """The fast path (clean block) and the strict gate (block with a bad line) agree."""
+    tricky = [
+        json.dumps(event(session_id="s\u00e9")),
+        '{"v":1,"ts":"2026-01-01T08:00:00Z","tenant":"demo","surface":"home",'
+        '"session_id":"s1","item_id":"A","x":{"item_id":5}}',
+        json.dumps(event(user_id=None)),
+        json.dumps(event(rank=0)),
+    ]
+    alone = canonical_from_day_file(decode_lines(lines(*tricky)), DAY)
+    mixed = canonical_from_day_file(decode_lines(lines(*tricky, "{broken")), DAY)
+    assert alone.events.equals(mixed.events)
+    assert alone.rejects.height == 0 and mixed.rejects["reason"].to_list() == ["malformed_json"]
+
+
+def test_accounting_lines_equal_rows_rejects_duplicates_blanks():
+    data = lines(
+        event(),
+        event(),  # exact duplicate
+        "",
+        "   ",
+        event(item_id="B", time="08:00:01", user_id="  u1 ", rank=2),
+        "{oops",
+        event(v=3),
+    )
+    result = canonical_from_day_file(decode_lines(data), DAY)
+    c = result.counts
+    assert (c["lines"], c["rows"], c["rejects"], c["duplicates"], c["blank_lines"]) == (7, 2, 2, 1, 2)
+    assert c["lines"] == c["rows"] + c["rejects"] + c["duplicates"] + c["blank_lines"]
+    assert result.events["user_id"].to_list() == [None, "u1"]  # trimmed
+    assert result.rejects["line"].to_list() == [6, 7]
+
+
+def test_dedup_can_be_switched_off():
+    result = canonical_from_day_file(decode_lines(lines(event(), event())), DAY, dedup_exact=False)
+    assert result.events.height == 2 and result.counts["duplicates"] == 0
+
+
+def test_timestamps_are_compared_in_utc():
+    data = lines(
+        event(ts="2026-01-01T01:30:00+02:00"),  # 2025-12-31T23:30Z: outside
+        event(ts="2026-01-02T00:30:00+01:00", item_id="B"),  # 2026-01-01T23:30Z: inside
+        event(ts="2026-01-01t10:00:00.123456789z", item_id="C"),
+    )
+    result = canonical_from_day_file(decode_lines(data), DAY)
+    assert result.events["item_id"].to_list() == ["C", "B"]
+    assert result.events["ts"][1] == dt.datetime(2026, 1, 1, 23, 30, tzinfo=dt.UTC)
+    assert result.rejects["reason"].to_list() == ["outside_window"]
+
+
+def test_order_is_deterministic_with_tie_breaks():
+    data = [event(item_id=i, session_id=s, rank=r) for i, s, r in
+            [("B", "s2", 1), ("A", "s2", 1), ("C", "s1", None), ("A", "s1", 3)]]
+    forward = canonical_from_day_file(decode_lines(lines(*data)), DAY).events
+    backward = canonical_from_day_file(decode_lines(lines(*reversed(data))), DAY).events
+    assert forward.equals(backward)
+    assert forward.select("session_id", "item_id").rows() == [
+        ("s1", "A"), ("s1", "C"), ("s2", "A"), ("s2", "B")
+    ]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 1, 1, 2, "1", 1.0, None]),
+        "ts": st.sampled_from(["2026-01-01T08:00:00Z", "2026-01-01T08:00:00+00:00", "nope", 5]),
+        "tenant": st.sampled_from(["demo", " demo ", "", "acme", 1]),
+        "surface": st.sampled_from(["home", "home ", None]),
+        "session_id": st.text(max_size=5) | st.integers(),
+        "item_id": st.text(max_size=5) | json_values,
+        "user_id": st.none() | st.text(max_size=4),
+        "rank": st.none() | st.integers(min_value=-3, max_value=3) | st.floats(allow_nan=False),
+        "extra": json_values,
+    },
+)
+raw_lines = st.one_of(
+    fields.map(lambda d: json.dumps(d, ensure_ascii=False)),
+    fields.map(lambda d: json.dumps(d)[: max(1, len(json.dumps(d)) // 2)]),
+    st.text(max_size=20).filter(lambda s: "\n" not in s and "\r" not in s),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(raw_lines, max_size=12))
+def test_parser_keeps_every_line_and_never_raises(raw):
+    data = ("\n".join(raw) + "\n").encode() if raw else b""
+    decoded = decode_lines(data)
+    result = canonical_from_day_file(decoded, DAY)
+    c = result.counts
+    assert c["lines"] == len(raw)
+    assert c["lines"] == c["rows"] + c["rejects"] + c["duplicates"] + c["blank_lines"]
+    assert result.rejects["reason"].null_count() == 0
+    assert result.events.null_count().select("ts", "session_id", "item_id").row(0) == (0, 0, 0)
+    assert (result.events["session_id"].str.strip_chars() == result.events["session_id"]).all()
+    # each line judged alone gives the same verdict as inside the batch
+    for index, line in enumerate(raw[:4]):
+        alone = decode_lines((line + "\n").encode()).frame
+        batch = decoded.frame.filter(pl.col("line_no") == index + 1)
+        assert alone.drop("line_no").equals(batch.drop("line_no"))
