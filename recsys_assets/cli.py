@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     for name, (_, help_text) in STEP_COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", help="config JSON (default: $RECSYS_CONFIG or "
-                         "configs/env/local.json)")
+        cmd.add_argument(
+            "--config", help="config JSON (default: $RECSYS_CONFIG or configs/env/local.json)"
+        )
         cmd.add_argument("--tenant", help="tenant (default: every configured tenant)")
         cmd.add_argument("--surface", help="surface (default: every surface of the tenant)")
         cmd.add_argument("--start", type=_day, help="first day, YYYY-MM-DD")
@@ -142,8 +143,11 @@ def run_steps(args: argparse.Namespace) -> int:
             outcome = execute(defs, job_name, key, instance)
             seconds = time.perf_counter() - started
             if outcome.success:
-                print(f"{day} {entry.tenant}/{entry.surface} {args.command}: ok "
-                      f"({len(outcome.materialized)} assets, {seconds:.1f}s)", flush=True)
+                print(
+                    f"{day} {entry.tenant}/{entry.surface} {args.command}: ok "
+                    f"({len(outcome.materialized)} assets, {seconds:.1f}s)",
+                    flush=True,
+                )
                 if args.command == "run":
                     _write_checkpoint(config, entry, day)
                 continue
@@ -153,8 +157,11 @@ def run_steps(args: argparse.Namespace) -> int:
                 if outcome.failed_checks
                 else "step failed: " + ", ".join(outcome.failed_steps)
             )
-            print(f"{day} {entry.tenant}/{entry.surface} {args.command}: FAILED, {what}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{day} {entry.tenant}/{entry.surface} {args.command}: FAILED, {what}",
+                file=sys.stderr,
+                flush=True,
+            )
             for message in outcome.messages:
                 print(f"  {message}", file=sys.stderr)
             break

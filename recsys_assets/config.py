@@ -183,7 +183,9 @@ class TenantSurface(_Model):
     def _known_types(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name in value:
             if name not in ARTIFACT_TYPES:
-                raise ValueError(f"unknown artifact type {name!r}; expected one of {ARTIFACT_TYPES}")
+                raise ValueError(
+                    f"unknown artifact type {name!r}; expected one of {ARTIFACT_TYPES}"
+                )
         return value
 
     @property

@@ -72,4 +72,3 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         schedules=[schedule],
         resources=build_resources(config),
     )
-

@@ -44,9 +44,7 @@ def partition_tags(key: str) -> dict[str, str]:
     }
 
 
-def execute(
-    defs: dg.Definitions, job_name: str, key: str, instance: dg.DagsterInstance
-) -> Outcome:
+def execute(defs: dg.Definitions, job_name: str, key: str, instance: dg.DagsterInstance) -> Outcome:
     """Execute a job for one partition key; failures are reported, never raised."""
     job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(
@@ -71,9 +69,7 @@ def execute(
                 messages.append(f"{event.step_key}: {error.message.strip()} {cause.strip()}")
         elif event.is_step_skipped and event.step_key:
             messages.append(f"{event.step_key}: skipped")
-    materialized = [
-        e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
-    ]
+    materialized = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
     return Outcome(
         success=result.success,
         failed_steps=failed_steps,

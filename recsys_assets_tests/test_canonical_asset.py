@@ -33,9 +33,16 @@ def test_materialization_writes_partition_rejects_and_marker(make_config, write_
     assert events["item_id"].to_list() == ["A", "B"]
     assert marker["counts"]["duplicates"] == 1 and marker["counts"]["blank_lines"] == 1
     assert marker["rejects_by_reason"] == {"malformed_json": 1, "unsupported_version": 1}
-    rejects = [json.loads(x) for x in
-               (config.out_dir / "canonical/demo/home/rejects/2026-01-01.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in rejects] == [(5, "malformed_json"), (6, "unsupported_version")]
+    rejects = [
+        json.loads(x)
+        for x in (config.out_dir / "canonical/demo/home/rejects/2026-01-01.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (5, "malformed_json"),
+        (6, "unsupported_version"),
+    ]
     assert rejects[0]["raw"] == "{bad"
 
     materialization = instance.get_latest_materialization_event(dg.AssetKey("canonical_exposures"))
@@ -113,7 +120,9 @@ def test_flat_file_attributes_lines_and_quarantines_the_rest(make_config, tmp_pa
     assert len(quarantine) == 1
     orphans = [orjson.loads(x) for x in quarantine[0].read_bytes().splitlines()]
     assert [(o["line"], o["reason"]) for o in orphans] == [
-        (4, "unknown_tenant_surface"), (6, "malformed_json"), (7, "missing_field")
+        (4, "unknown_tenant_surface"),
+        (6, "malformed_json"),
+        (7, "missing_field"),
     ]
 
 
@@ -142,8 +151,13 @@ def test_canonical_parquet_schema(make_config, write_day, instance):
     frame = pl.read_parquet(config.out_dir / "canonical/demo/home/exposures/2026-01-01.parquet")
     assert frame.schema == pl.Schema(
         {
-            "ts": pl.Datetime("us", "UTC"), "tenant": pl.String, "surface": pl.String,
-            "session_id": pl.String, "item_id": pl.String, "user_id": pl.String,
-            "request_id": pl.String, "rank": pl.Int64,
+            "ts": pl.Datetime("us", "UTC"),
+            "tenant": pl.String,
+            "surface": pl.String,
+            "session_id": pl.String,
+            "item_id": pl.String,
+            "user_id": pl.String,
+            "request_id": pl.String,
+            "rank": pl.Int64,
         }
     )

@@ -39,20 +39,28 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def test_run_over_days_is_idempotent_and_checkpoints(tmp_path, cli_env):
-    write_days(tmp_path, {"2026-01-01": lines(event()), "2026-01-02": lines(event(day="2026-01-02"))})
+    write_days(
+        tmp_path, {"2026-01-01": lines(event()), "2026-01-02": lines(event(day="2026-01-02"))}
+    )
     config = write_config(tmp_path)
-    first = cli(["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env)
+    first = cli(
+        ["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env
+    )
     assert first.returncode == 0, first.stderr
     assert "2026-01-01 demo/home run: ok" in first.stdout
     assert "2026-01-02 demo/home run: ok" in first.stdout
     checkpoint = json.loads((tmp_path / "out/checkpoints/demo/home.json").read_text())
     assert checkpoint["last_success_day"] == "2026-01-02"
     before = tree(tmp_path / "out")
-    again = cli(["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env)
+    again = cli(
+        ["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env
+    )
     assert again.returncode == 0
     assert tree(tmp_path / "out") == before
 
-    incremental = cli(["run", "--config", str(config), "--incremental", "--end", "2026-01-03"], cli_env)
+    incremental = cli(
+        ["run", "--config", str(config), "--incremental", "--end", "2026-01-03"], cli_env
+    )
     assert incremental.returncode == 0, incremental.stderr
     assert "2026-01-03 demo/home run: ok" in incremental.stdout
     assert "2026-01-01" not in incremental.stdout
@@ -61,7 +69,9 @@ def test_run_over_days_is_idempotent_and_checkpoints(tmp_path, cli_env):
 def test_failed_blocking_check_exits_1_naming_the_check(tmp_path, cli_env):
     write_days(tmp_path, {"2026-01-01": lines(event(), "{bad")})
     config = write_config(tmp_path)
-    result = cli(["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env)
+    result = cli(
+        ["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"], cli_env
+    )
     assert result.returncode == 1
     assert "canonical_exposures:bad_row_ratio" in result.stderr
     assert "2026-01-02" not in result.stdout  # stops at the failing day
@@ -77,14 +87,28 @@ def test_usage_and_config_errors_exit_2(tmp_path, cli_env):
         ["run", "--config", str(config), "--start", "2026-01-01", "--end", "2027-06-01"], cli_env
     )
     assert too_long.returncode == 2 and "max_days_backfill" in too_long.stderr
-    incremental = cli(["run", "--config", str(config), "--incremental", "--end", "2026-01-02"], cli_env)
+    incremental = cli(
+        ["run", "--config", str(config), "--incremental", "--end", "2026-01-02"], cli_env
+    )
     assert incremental.returncode == 2 and "no checkpoint" in incremental.stderr
     broken = write_config(tmp_path, "broken.json", limits={"max_items_per_session": -3})
     result = cli(["ingest", "--config", str(broken), "--start", "2026-01-01"], cli_env)
     assert result.returncode == 2
     assert "limits.max_items_per_session" in result.stderr and "-3" in result.stderr
-    unknown = cli(["ingest", "--config", str(config), "--tenant", "nope", "--surface", "x",
-                   "--start", "2026-01-01"], cli_env)
+    unknown = cli(
+        [
+            "ingest",
+            "--config",
+            str(config),
+            "--tenant",
+            "nope",
+            "--surface",
+            "x",
+            "--start",
+            "2026-01-01",
+        ],
+        cli_env,
+    )
     assert unknown.returncode == 2 and "nope/x is not configured" in unknown.stderr
 
 
@@ -98,7 +122,9 @@ def test_unsafe_names_are_refused_before_any_file_is_written(tmp_path, cli_env):
 def test_validate_reports_on_existing_partitions(tmp_path, cli_env):
     write_days(tmp_path, {"2026-01-01": lines(event(), event(item_id="B"))})
     config = write_config(tmp_path)
-    assert cli(["ingest", "--config", str(config), "--start", "2026-01-01"], cli_env).returncode == 0
+    assert (
+        cli(["ingest", "--config", str(config), "--start", "2026-01-01"], cli_env).returncode == 0
+    )
     stricter = write_config(tmp_path, "strict.json", limits={"max_events_per_run": 1})
     result = cli(["validate", "--config", str(stricter), "--start", "2026-01-01"], cli_env)
     assert result.returncode == 1
@@ -114,9 +140,21 @@ def test_dagster_asset_materialize_from_the_repo_root(tmp_path, cli_env):
     write_days(tmp_path, {"2026-01-01": lines(event(), event(item_id="B"))})
     env = {**cli_env, "RECSYS_CONFIG": str(write_config(tmp_path))}
     result = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "recsys_assets",
-         "--select", "canonical_exposures", "--partition", "2026-01-01|demo__home"],
-        env=env, cwd=REPO, capture_output=True, text=True,
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "recsys_assets",
+            "--select",
+            "canonical_exposures",
+            "--partition",
+            "2026-01-01|demo__home",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out/canonical/demo/home/exposures/2026-01-01.parquet").exists()

@@ -58,10 +58,21 @@ def test_env_var_values(tmp_path, monkeypatch):
         ({"raw_source": {"type": "ftp"}}, "raw_source.type: must be 'fs', 's3' or 'postgres'"),
         ({"dedup_exact": "yes"}, "dedup_exact: must be a valid boolean, got 'yes'"),
         (
-            {"tenants": [{"tenant": "demo", "surface": "home", "artifacts": {"cooc": {"window_days": "x"}}}]},
+            {
+                "tenants": [
+                    {
+                        "tenant": "demo",
+                        "surface": "home",
+                        "artifacts": {"cooc": {"window_days": "x"}},
+                    }
+                ]
+            },
             "artifacts.cooc.window_days",
         ),
-        ({"tenants": [{"tenant": "demo", "surface": "home", "artifacts": {"nope": {}}}]}, "unknown artifact type 'nope'"),
+        (
+            {"tenants": [{"tenant": "demo", "surface": "home", "artifacts": {"nope": {}}}]},
+            "unknown artifact type 'nope'",
+        ),
         ({"tenants": []}, "tenants"),
     ],
 )
@@ -83,7 +94,9 @@ def test_tenant_overrides_merge_with_global_settings(tmp_path):
         {
             **MINIMAL,
             "artifacts": {"cooc": {"window_days": 7}},
-            "tenants": [{"tenant": "demo", "surface": "home", "artifacts": {"cooc": {"enabled": False}}}],
+            "tenants": [
+                {"tenant": "demo", "surface": "home", "artifacts": {"cooc": {"enabled": False}}}
+            ],
         },
         root=tmp_path,
     )

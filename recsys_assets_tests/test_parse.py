@@ -62,7 +62,13 @@ def test_accounting_lines_equal_rows_rejects_duplicates_blanks():
     )
     result = canonical_from_day_file(decode_lines(data), DAY)
     c = result.counts
-    assert (c["lines"], c["rows"], c["rejects"], c["duplicates"], c["blank_lines"]) == (7, 2, 2, 1, 2)
+    assert (c["lines"], c["rows"], c["rejects"], c["duplicates"], c["blank_lines"]) == (
+        7,
+        2,
+        2,
+        1,
+        2,
+    )
     assert c["lines"] == c["rows"] + c["rejects"] + c["duplicates"] + c["blank_lines"]
     assert result.events["user_id"].to_list() == [None, "u1"]  # trimmed
     assert result.rejects["line"].to_list() == [6, 7]
@@ -86,13 +92,18 @@ def test_timestamps_are_compared_in_utc():
 
 
 def test_order_is_deterministic_with_tie_breaks():
-    data = [event(item_id=i, session_id=s, rank=r) for i, s, r in
-            [("B", "s2", 1), ("A", "s2", 1), ("C", "s1", None), ("A", "s1", 3)]]
+    data = [
+        event(item_id=i, session_id=s, rank=r)
+        for i, s, r in [("B", "s2", 1), ("A", "s2", 1), ("C", "s1", None), ("A", "s1", 3)]
+    ]
     forward = canonical_from_day_file(decode_lines(lines(*data)), DAY).events
     backward = canonical_from_day_file(decode_lines(lines(*reversed(data))), DAY).events
     assert forward.equals(backward)
     assert forward.select("session_id", "item_id").rows() == [
-        ("s1", "A"), ("s1", "C"), ("s2", "A"), ("s2", "B")
+        ("s1", "A"),
+        ("s1", "C"),
+        ("s2", "A"),
+        ("s2", "B"),
     ]
 
 

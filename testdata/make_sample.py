@@ -21,8 +21,11 @@ def events(rng: random.Random, tenant: str, surface: str, day: dt.date) -> list[
             seconds=rng.randrange(0, 86_000)
         )
         for position in range(rng.randint(2, 9)):
-            item = ITEMS[min(int(rng.paretovariate(1.2)) - 1, len(ITEMS) - 1) if rng.random() < 0.6
-                         else rng.randrange(len(ITEMS))]
+            item = ITEMS[
+                min(int(rng.paretovariate(1.2)) - 1, len(ITEMS) - 1)
+                if rng.random() < 0.6
+                else rng.randrange(len(ITEMS))
+            ]
             event = {
                 "v": 1,
                 "ts": (start + dt.timedelta(seconds=position * 7)).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -40,8 +43,14 @@ def events(rng: random.Random, tenant: str, surface: str, day: dt.date) -> list[
 
 
 def bad_lines(tenant: str, surface: str, day: dt.date) -> list[str]:
-    ok = {"v": 1, "ts": f"{day}T12:00:00Z", "tenant": tenant, "surface": surface,
-          "session_id": "bad", "item_id": "X"}
+    ok = {
+        "v": 1,
+        "ts": f"{day}T12:00:00Z",
+        "tenant": tenant,
+        "surface": surface,
+        "session_id": "bad",
+        "item_id": "X",
+    }
 
     def variant(**changes: object) -> str:
         event = {**ok, **changes}

@@ -1,6 +1,5 @@
 """The `canonical_exposures` asset: thin wiring of source → parse → canonical store → guards."""
 
-
 import time
 
 import dagster as dg
@@ -23,7 +22,9 @@ def build_canonical_partition(
     """The canonical partition from a source's bytes, plus a flat file's unattributed lines."""
     decoded = decode_lines(data)
     if raw_layout != "flat":
-        return canon.canonical_from_day_file(decoded, partition, dedup_exact=config.dedup_exact), None
+        return canon.canonical_from_day_file(
+            decoded, partition, dedup_exact=config.dedup_exact
+        ), None
     attributed = canon.attribute(decoded)
     result = canon.canonical_from_flat_file(
         attributed,
@@ -36,7 +37,9 @@ def build_canonical_partition(
     return result, canon.ndjson_bytes(canon.unattributed(attributed, known))
 
 
-def canonical_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def canonical_asset(
+    config: AppConfig, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     @dg.asset(
         key=CANONICAL,
         partitions_def=partitions_def,
@@ -53,8 +56,10 @@ def canonical_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition) 
         partition = parse_partition_key(context.partition_key)
         started = time.perf_counter()
         raw = raw_source.read(partition)
-        context.log.info(f"{partition.tenant}/{partition.surface} {partition.day}: "
-                         f"read {len(raw.data):,} bytes ({raw.layout}) from {raw.name}")
+        context.log.info(
+            f"{partition.tenant}/{partition.surface} {partition.day}: "
+            f"read {len(raw.data):,} bytes ({raw.layout}) from {raw.name}"
+        )
         result, orphans = build_canonical_partition(raw.layout, raw.data, partition, config)
         metadata: dict[str, object] = {}
         if orphans:

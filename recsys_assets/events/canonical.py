@@ -83,9 +83,7 @@ def validate(decoded: DecodedLines) -> pl.DataFrame:
     for name in REQUIRED_FIELDS[1:]:
         column = pl.col("ts_raw" if name == "ts" else name)
         rules.append((column.is_null(), "missing_field", pl.lit(f"{name} is missing")))
-        rules.append(
-            (column.str.strip_chars() == "", "empty_field", pl.lit(f"{name} is empty"))
-        )
+        rules.append((column.str.strip_chars() == "", "empty_field", pl.lit(f"{name} is empty")))
     rules += [
         (pl.col("rank") < 0, "negative_rank", pl.format("rank must be >= 0, got {}", "rank")),
         (
@@ -97,16 +95,18 @@ def validate(decoded: DecodedLines) -> pl.DataFrame:
     reason = pl.col("reason")
     detail = pl.col("detail")
     for condition, name, message in reversed(rules):
-        reason = pl.when(pl.col("reason").is_null() & condition).then(pl.lit(name)).otherwise(reason)
+        reason = (
+            pl.when(pl.col("reason").is_null() & condition).then(pl.lit(name)).otherwise(reason)
+        )
         detail = pl.when(pl.col("reason").is_null() & condition).then(message).otherwise(detail)
     # The rules above are applied first-listed-wins: each `when` wraps the later ones.
     return frame.with_columns(reason=reason, detail=detail)
 
 
 def _rejects(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(
-        line=pl.col("line_no"), reason="reason", detail="detail", raw="raw"
-    ).sort("line")
+    return frame.select(line=pl.col("line_no"), reason="reason", detail="detail", raw="raw").sort(
+        "line"
+    )
 
 
 def _finish(

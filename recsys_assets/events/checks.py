@@ -54,8 +54,7 @@ def canonical_guards(counts: dict[str, int], limits: Limits, outside: int) -> li
         GuardResult(
             "cardinality",
             not over,
-            "; ".join(over)
-            or ", ".join(f"{counts[c]} {c} <= {key} {cap}" for c, key, cap in caps),
+            "; ".join(over) or ", ".join(f"{counts[c]} {c} <= {key} {cap}" for c, key, cap in caps),
             {c: counts[c] for c, _, _ in caps},
         )
     )

@@ -33,14 +33,11 @@ JSON_SCHEMA = {
     "rank": pl.Int64,
 }
 
-# Lines that polars would coerce or misread go through the strict gate: a non-string value
-# for a string field, a non-integer for an integer field, any \u escape (keys can be
-# escaped too, and polars turns lone surrogates into NUL), anything not shaped `{...}`.
-_SUSPECT = (
-    r'"(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]'
-    r'|"(?:v|rank)"\s*:\s*(?:[^-\d\sn]|-?\d+[.eE])'
-    r"|\\u"
-)
+# Lines that polars would coerce or misread go through the strict gate: an object, array or
+# boolean value anywhere (polars turns them into strings), any \u escape (keys can be escaped
+# too, and polars turns lone surrogates into NUL), anything not shaped `{...}`. A number
+# where a string belongs is caught after parsing (see `_coerced`).
+_SUSPECT = r'":\s*[\[{tf]'
 
 BLOCK_LINES = 50_000
 
@@ -115,6 +112,18 @@ def _gate_reason(line: str) -> tuple[str, str] | None:
     return None
 
 
+def _coerced() -> pl.Expr:
+    """A string field that polars filled from a JSON number: the raw line lacks `"f":"value"`."""
+    flags = [
+        pl.col(name).str.contains(r"^[-\d]")
+        & ~pl.col("raw").str.contains(
+            pl.format('"{}":"{}"', pl.lit(name), pl.col(name)), literal=True
+        )
+        for name in STRING_FIELDS
+    ]
+    return pl.any_horizontal(flags).fill_null(False)
+
+
 def _read_json(lines: pl.Series) -> pl.DataFrame:
     if lines.len() == 0:
         return pl.DataFrame(schema=JSON_SCHEMA)
@@ -136,19 +145,27 @@ def decode_lines(data: bytes) -> DecodedLines:
         | ~pl.col("raw").str.strip_chars().str.starts_with("{")
         | ~pl.col("raw").str.strip_chars().str.ends_with("}")
         | pl.col("raw").str.contains(_SUSPECT)
+        | pl.col("raw").str.contains("\\u", literal=True)
     )
 
     parts: list[pl.DataFrame] = []
     gated: list[pl.DataFrame] = [lines.filter(pl.col("suspect"))]
     clean = lines.filter(~pl.col("suspect"))
-    for start in range(0, clean.height, BLOCK_LINES):
-        block = clean.slice(start, BLOCK_LINES)
-        try:
-            fields = _read_json(block["raw"])
-        except (pl.exceptions.ComputeError, pl.exceptions.PolarsError):
-            gated.append(block)
-            continue
-        parts.append(pl.concat([block.select("line_no", "raw"), fields], how="horizontal"))
+    try:
+        blocks = [(clean, _read_json(clean["raw"]))]
+    except pl.exceptions.PolarsError:
+        blocks = []
+        for start in range(0, clean.height, BLOCK_LINES):
+            block = clean.slice(start, BLOCK_LINES)
+            try:
+                blocks.append((block, _read_json(block["raw"])))
+            except pl.exceptions.PolarsError:
+                gated.append(block)
+    for block, fields in blocks:
+        parsed = pl.concat([block.select("line_no", "raw", "utf8"), fields], how="horizontal")
+        coerced = _coerced()
+        parts.append(parsed.filter(~coerced).drop("utf8"))
+        gated.append(parsed.filter(coerced).select("line_no", "raw", "utf8"))
 
     for block in gated:
         if block.height == 0:

@@ -40,9 +40,7 @@ class FilesystemEventSource(RawEventSource):
 
     def read(self, partition: Partition) -> RawInput:
         root = Path(self.dir)
-        day_file = (
-            root / partition.tenant / partition.surface / DAY_FILE.format(day=partition.day)
-        )
+        day_file = root / partition.tenant / partition.surface / DAY_FILE.format(day=partition.day)
         if day_file.is_file():
             return RawInput("day", day_file.read_bytes(), day_file.relative_to(root).as_posix())
         flat = root / FLAT_FILE

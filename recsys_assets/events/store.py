@@ -8,8 +8,14 @@ import dagster as dg
 import orjson
 import polars as pl
 
-from recsys_assets.events.canonical import EVENT_SCHEMA, CanonicalPartition, Partition
-from recsys_assets.events.canonical import ndjson_bytes, parquet_bytes, sha256_hex
+from recsys_assets.events.canonical import (
+    EVENT_SCHEMA,
+    CanonicalPartition,
+    Partition,
+    ndjson_bytes,
+    parquet_bytes,
+    sha256_hex,
+)
 from recsys_assets.storage import Store, open_store
 
 
