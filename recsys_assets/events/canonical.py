@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from recsys_assets.events.parse import ID_FIELDS, REQUIRED_FIELDS, DecodedLines
+from recsys_assets.events.parse import ID_FIELDS, REQUIRED_FIELDS, RFC3339, DecodedLines
 
 EVENT_SCHEMA = {
     "ts": pl.Datetime("us", "UTC"),
@@ -28,8 +28,6 @@ EVENT_SCHEMA = {
 }
 SORT_KEYS = ["ts", "session_id", "rank", "item_id", "user_id", "request_id"]
 REJECT_SCHEMA = {"line": pl.Int64, "reason": pl.String, "detail": pl.String, "raw": pl.String}
-
-_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
 
 
 @dataclass(frozen=True)
@@ -52,29 +50,48 @@ class CanonicalPartition:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def _parse_ts(column: pl.Expr) -> pl.Expr:
+def _parse_ts(frame: pl.DataFrame) -> pl.Series:
+    """RFC 3339 `ts` strings to UTC microseconds; null where not RFC 3339 or not a real time.
+
+    The common `...Z` form parses directly; only the other rows pay for normalization.
+    """
+    column = pl.col("ts")
+    fast = frame.select(
+        pl.when(column.str.contains(RFC3339)).then(
+            column.str.to_datetime(
+                "%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC", strict=False
+            )
+        )
+    ).to_series()
+    rest = frame.select(pl.int_range(pl.len()).alias("i"), "ts").filter(
+        fast.is_null() & pl.col("ts").str.contains(RFC3339)
+    )
+    if rest.height == 0:
+        return fast
     normalized = (
         column.str.to_uppercase()
         .str.replace(" ", "T", literal=True)
         .str.replace(r"Z$", "+00:00")
         .str.replace(r"(\.\d{6})\d+", "$1")
+        .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
     )
-    parsed = normalized.str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False
-    )
-    return pl.when(column.str.contains(_RFC3339)).then(parsed)
+    slow = rest.select("i", ts=normalized)
+    return fast.scatter(slow["i"], slow["ts"])
 
 
 def validate(decoded: DecodedLines) -> pl.DataFrame:
     """Normalize fields and give each row the first rule it breaks (`reason`, `detail`)."""
-    frame = decoded.frame.with_columns(
-        [pl.col(name).str.strip_chars() for name in ID_FIELDS], ts_raw=pl.col("ts")
-    ).with_columns(
-        [
-            pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name)).alias(name)
-            for name in ("user_id", "request_id")
-        ],
-        ts=_parse_ts(pl.col("ts")),
+    frame = (
+        decoded.frame.with_columns(
+            [pl.col(name).str.strip_chars() for name in ID_FIELDS], ts_raw=pl.col("ts")
+        )
+        .with_columns(
+            [
+                pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name)).alias(name)
+                for name in ("user_id", "request_id")
+            ],
+        )
+        .with_columns(ts=_parse_ts(decoded.frame))
     )
     rules: list[tuple[pl.Expr, str, pl.Expr]] = [
         (pl.col("v").is_null(), "missing_field", pl.lit("v is missing")),

@@ -71,31 +71,51 @@ class DecodedLines:
 
 
 def split_lines(data: bytes) -> pl.DataFrame:
-    """Number every line (1-based); `utf8` is false where the line is not valid UTF-8."""
-    try:
-        lines = data.decode("utf-8").split("\n")
-        utf8 = None
-    except UnicodeDecodeError:
-        lines, utf8 = [], []
-        for chunk in data.split(b"\n"):
-            try:
-                lines.append(chunk.decode("utf-8"))
-                utf8.append(True)
-            except UnicodeDecodeError:
-                lines.append(chunk.decode("utf-8", "replace"))
-                utf8.append(False)
-    if lines and lines[-1] == "":
+    """Number every line (1-based); `utf8` is false where the line is not valid UTF-8.
+
+    polars splits the bytes (no Python object per line): the separator is the unit separator
+    \x1f, which a valid JSON line cannot hold unescaped. Data holding it, or invalid UTF-8,
+    is split in Python instead, so that every raw line is kept whole.
+    """
+    if not data:
+        return pl.DataFrame(schema={"line_no": pl.Int64, "raw": pl.String, "utf8": pl.Boolean})
+    if b"\x1f" not in data:
+        try:
+            raw = pl.read_csv(
+                io.BytesIO(data),
+                has_header=False,
+                separator="\x1f",
+                quote_char=None,
+                schema={"raw": pl.String},
+                encoding="utf8",
+            )["raw"]
+        except pl.exceptions.PolarsError:
+            raw = None
+        if raw is not None:
+            return pl.DataFrame(
+                {
+                    "line_no": pl.int_range(1, raw.len() + 1, dtype=pl.Int64, eager=True),
+                    "raw": raw.fill_null("").str.strip_chars_end("\r"),
+                    "utf8": pl.repeat(True, raw.len(), eager=True),
+                }
+            )
+    lines, utf8 = [], []
+    for chunk in data.split(b"\n"):
+        try:
+            lines.append(chunk.decode("utf-8"))
+            utf8.append(True)
+        except UnicodeDecodeError:
+            lines.append(chunk.decode("utf-8", "replace"))
+            utf8.append(False)
+    if lines[-1] == "":
         lines.pop()
-        if utf8:
-            utf8.pop()
-    frame = pl.DataFrame(
+        utf8.pop()
+    return pl.DataFrame(
         {
             "line_no": pl.int_range(1, len(lines) + 1, dtype=pl.Int64, eager=True),
             "raw": pl.Series("raw", lines, dtype=pl.String).str.strip_chars_end("\r"),
+            "utf8": pl.Series("utf8", utf8, dtype=pl.Boolean),
         }
-    )
-    return frame.with_columns(
-        utf8=pl.lit(True) if utf8 is None else pl.Series("utf8", utf8, dtype=pl.Boolean)
     )
 
 
@@ -112,22 +132,46 @@ def _gate_reason(line: str) -> tuple[str, str] | None:
     return None
 
 
-def _coerced() -> pl.Expr:
-    """A string field that polars filled from a JSON number: the raw line lacks `"f":"value"`."""
-    flags = [
-        pl.col(name).str.contains(r"^[-\d]")
-        & ~pl.col("raw").str.contains(
-            pl.format('"{}":"{}"', pl.lit(name), pl.col(name)), literal=True
-        )
-        for name in STRING_FIELDS
-    ]
-    return pl.any_horizontal(flags).fill_null(False)
+RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
+
+
+def _split_coerced(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split off rows where polars may have filled a string field from a JSON number.
+
+    A candidate is an id that looks numeric or a `ts` that is not RFC 3339; it is kept only
+    when the raw line holds the value as a JSON string (`"field":"value"`).
+    """
+    candidate = pl.any_horizontal(
+        [pl.col(name).str.contains(r"^[-\d]") for name in ID_FIELDS]
+        + [~pl.col("ts").str.contains(RFC3339)]
+    ).fill_null(False)
+    parsed = parsed.with_columns(candidate=candidate)
+    suspects = parsed.filter(pl.col("candidate"))
+    if suspects.height == 0:
+        return parsed.drop("candidate"), suspects.drop("candidate")
+    coerced = pl.any_horizontal(
+        [
+            pl.col(name).is_not_null()
+            & ~pl.col("raw").str.contains(pl.format('"{}":"{}"', pl.lit(name), name), literal=True)
+            for name in STRING_FIELDS
+        ]
+    )
+    suspects = suspects.with_columns(coerced=coerced)
+    keep = pl.concat(
+        [
+            parsed.filter(~pl.col("candidate")).drop("candidate"),
+            suspects.filter(~pl.col("coerced")).drop("candidate", "coerced"),
+        ]
+    )
+    return keep, suspects.filter(pl.col("coerced")).drop("candidate", "coerced")
 
 
 def _read_json(lines: pl.Series) -> pl.DataFrame:
     if lines.len() == 0:
         return pl.DataFrame(schema=JSON_SCHEMA)
-    buffer = io.BytesIO(lines.str.join("\n").item().encode())
+    buffer = io.BytesIO()
+    lines.to_frame().write_csv(buffer, include_header=False, quote_style="never")
+    buffer.seek(0)
     parsed = pl.read_ndjson(buffer, schema=JSON_SCHEMA)
     if parsed.height != lines.len():
         raise RuntimeError(f"JSON parser returned {parsed.height} rows for {lines.len()} lines")
@@ -152,7 +196,18 @@ def decode_lines(data: bytes) -> DecodedLines:
     gated: list[pl.DataFrame] = [lines.filter(pl.col("suspect"))]
     clean = lines.filter(~pl.col("suspect"))
     try:
-        blocks = [(clean, _read_json(clean["raw"]))]
+        # One parse of the bytes as they are; its rows are the non-blank lines in order.
+        whole = pl.read_ndjson(io.BytesIO(data), schema=JSON_SCHEMA) if data else None
+    except pl.exceptions.PolarsError:
+        whole = None
+    if whole is not None and whole.height == lines.height:
+        fields = whole.with_columns(suspect=lines["suspect"])
+        blocks = [(clean, fields.filter(~pl.col("suspect")).drop("suspect"))]
+        del whole, fields
+    else:
+        blocks = None
+    try:
+        blocks = blocks or [(clean, _read_json(clean["raw"]))]
     except pl.exceptions.PolarsError:
         blocks = []
         for start in range(0, clean.height, BLOCK_LINES):
@@ -163,9 +218,9 @@ def decode_lines(data: bytes) -> DecodedLines:
                 gated.append(block)
     for block, fields in blocks:
         parsed = pl.concat([block.select("line_no", "raw", "utf8"), fields], how="horizontal")
-        coerced = _coerced()
-        parts.append(parsed.filter(~coerced).drop("utf8"))
-        gated.append(parsed.filter(coerced).select("line_no", "raw", "utf8"))
+        keep, coerced = _split_coerced(parsed)
+        parts.append(keep.drop("utf8"))
+        gated.append(coerced.select("line_no", "raw", "utf8"))
 
     for block in gated:
         if block.height == 0:
