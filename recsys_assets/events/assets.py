@@ -27,14 +27,10 @@ def build_canonical_partition(
         ), None
     attributed = canon.attribute(decoded)
     result = canon.canonical_from_flat_file(
-        attributed,
-        partition,
-        blank_lines=decoded.blank_lines,
-        total_lines=decoded.total_lines,
-        dedup_exact=config.dedup_exact,
+        decoded, attributed, partition, dedup_exact=config.dedup_exact
     )
     known = {(t.tenant, t.surface) for t in config.tenants}
-    return result, canon.ndjson_bytes(canon.unattributed(attributed, known))
+    return result, canon.ndjson_bytes(canon.unattributed(decoded, attributed, known))
 
 
 def canonical_asset(

@@ -120,9 +120,12 @@ def validate(decoded: DecodedLines) -> pl.DataFrame:
     return frame.with_columns(reason=reason, detail=detail)
 
 
-def _rejects(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(line=pl.col("line_no"), reason="reason", detail="detail", raw="raw").sort(
-        "line"
+def _rejects(frame: pl.DataFrame, decoded: DecodedLines) -> pl.DataFrame:
+    """Rejected rows with their raw line, in line order."""
+    return (
+        frame.select(line=pl.col("line_no"), reason="reason", detail="detail")
+        .join(decoded.lines.rename({"line_no": "line"}), on="line", how="left")
+        .sort("line")
     )
 
 
@@ -199,7 +202,7 @@ def canonical_from_day_file(
     }
     return _finish(
         frame.filter(pl.col("reason").is_null()),
-        _rejects(frame.filter(pl.col("reason").is_not_null())),
+        _rejects(frame.filter(pl.col("reason").is_not_null()), decoded),
         counts,
         dedup_exact,
     )
@@ -219,11 +222,10 @@ def attribute(decoded: DecodedLines) -> pl.DataFrame:
 
 
 def canonical_from_flat_file(
+    decoded: DecodedLines,
     attributed: pl.DataFrame,
     partition: Partition,
     *,
-    blank_lines: int,
-    total_lines: int,
     dedup_exact: bool = True,
 ) -> CanonicalPartition:
     """The lines of a flat file that name this partition by tenant, surface and `ts`."""
@@ -233,19 +235,21 @@ def canonical_from_flat_file(
         & (pl.col("day") == partition.day)
     )
     counts = {
-        "lines": total_lines,
-        "blank_lines": blank_lines,
+        "lines": decoded.total_lines,
+        "blank_lines": decoded.blank_lines,
         "attributed_lines": mine.height,
     }
     return _finish(
         mine.filter(pl.col("reason").is_null()),
-        _rejects(mine.filter(pl.col("reason").is_not_null())),
+        _rejects(mine.filter(pl.col("reason").is_not_null()), decoded),
         counts,
         dedup_exact,
     )
 
 
-def unattributed(attributed: pl.DataFrame, known_keys: set[tuple[str, str]]) -> pl.DataFrame:
+def unattributed(
+    decoded: DecodedLines, attributed: pl.DataFrame, known_keys: set[tuple[str, str]]
+) -> pl.DataFrame:
     """Lines of a flat file that no configured partition can take, with their reason."""
     known = pl.DataFrame(
         {"tenant": [t for t, _ in known_keys], "surface": [s for _, s in known_keys]},
@@ -263,7 +267,7 @@ def unattributed(attributed: pl.DataFrame, known_keys: set[tuple[str, str]]) -> 
             .then(pl.col("detail").fill_null("no tenant, surface or valid ts"))
             .otherwise(pl.format("{}/{} is not configured", "tenant", "surface")),
         )
-        .pipe(_rejects)
+        .pipe(_rejects, decoded)
     )
 
 

@@ -63,9 +63,13 @@ _GATE = msgspec.json.Decoder(_Gate)
 
 @dataclass(frozen=True)
 class DecodedLines:
-    """One row per non-blank line: `line_no`, `raw`, the JSON fields, `reason`, `detail`."""
+    """One row per non-blank line in `frame`: `line_no`, the JSON fields, `reason`, `detail`.
+
+    `lines` holds every line's text (`line_no`, `raw`), looked up only for rejects.
+    """
 
     frame: pl.DataFrame
+    lines: pl.DataFrame
     total_lines: int
     blank_lines: int
 
@@ -181,6 +185,7 @@ def _read_json(lines: pl.Series) -> pl.DataFrame:
 def decode_lines(data: bytes) -> DecodedLines:
     """Parse JSON Lines bytes; blank lines are counted, every other line gets a row."""
     lines = split_lines(data)
+    text = lines.select("line_no", "raw")
     total = lines.height
     lines = lines.filter(~pl.col("utf8") | (pl.col("raw").str.strip_chars() != ""))
     blank = total - lines.height
@@ -219,7 +224,7 @@ def decode_lines(data: bytes) -> DecodedLines:
     for block, fields in blocks:
         parsed = pl.concat([block.select("line_no", "raw", "utf8"), fields], how="horizontal")
         keep, coerced = _split_coerced(parsed)
-        parts.append(keep.drop("utf8"))
+        parts.append(keep.drop("utf8", "raw"))
         gated.append(coerced.select("line_no", "raw", "utf8"))
 
     for block in gated:
@@ -234,7 +239,7 @@ def decode_lines(data: bytes) -> DecodedLines:
         passed = block.filter(~pl.col("failed"))
         if passed.height:
             fields = _read_json(passed["raw"])
-            parts.append(pl.concat([passed.select("line_no", "raw"), fields], how="horizontal"))
+            parts.append(pl.concat([passed.select("line_no"), fields], how="horizontal"))
         bad = [v for v in verdicts if v is not None]
         if bad:
             rejected = block.filter(pl.col("failed"))
@@ -242,24 +247,25 @@ def decode_lines(data: bytes) -> DecodedLines:
                 pl.DataFrame(
                     {
                         "line_no": rejected["line_no"],
-                        "raw": rejected["raw"],
                         "reason": [reason for reason, _ in bad],
                         "detail": [detail for _, detail in bad],
                     },
-                    schema={"line_no": pl.Int64, "raw": pl.String}
-                    | {"reason": pl.String, "detail": pl.String},
+                    schema={"line_no": pl.Int64, "reason": pl.String, "detail": pl.String},
                 )
             )
 
-    schema = {"line_no": pl.Int64, "raw": pl.String, **JSON_SCHEMA}
+    schema = {"line_no": pl.Int64, **JSON_SCHEMA}
     schema |= {"reason": pl.String, "detail": pl.String}
     if not parts:
-        return DecodedLines(pl.DataFrame(schema=schema), total, blank)
-    frame = pl.concat(parts, how="diagonal_relaxed")
+        return DecodedLines(pl.DataFrame(schema=schema), text, total, blank)
+    parts = [p for p in parts if p.height] or parts[:1]
+    frame = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
     frame = frame.select(
         [
             pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
             for name, dtype in schema.items()
         ]
-    ).sort("line_no")
-    return DecodedLines(frame, total, blank)
+    )
+    if len(parts) > 1:
+        frame = frame.sort("line_no")
+    return DecodedLines(frame, text, total, blank)
