@@ -122,11 +122,9 @@ def validate(decoded: DecodedLines) -> pl.DataFrame:
 
 def _rejects(frame: pl.DataFrame, decoded: DecodedLines) -> pl.DataFrame:
     """Rejected rows with their raw line, in line order."""
-    return (
-        frame.select(line=pl.col("line_no"), reason="reason", detail="detail")
-        .join(decoded.lines.rename({"line_no": "line"}), on="line", how="left")
-        .sort("line")
-    )
+    rejects = frame.select(line=pl.col("line_no"), reason="reason", detail="detail").sort("line")
+    raw = pl.Series("raw", decoded.raw_lines(rejects["line"].to_list()), dtype=pl.String)
+    return rejects.with_columns(raw)
 
 
 def _finish(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
+import numpy as np
 import polars as pl
 
 STRING_FIELDS = ("ts", "tenant", "surface", "session_id", "item_id", "user_id", "request_id")
@@ -65,13 +66,25 @@ _GATE = msgspec.json.Decoder(_Gate)
 class DecodedLines:
     """One row per non-blank line in `frame`: `line_no`, the JSON fields, `reason`, `detail`.
 
-    `lines` holds every line's text (`line_no`, `raw`), looked up only for rejects.
+    The raw text of a line is cut from `data` only when needed (rejects): a column of every
+    line's text would double the memory of a big partition.
     """
 
     frame: pl.DataFrame
-    lines: pl.DataFrame
+    data: bytes
+    newlines: np.ndarray
     total_lines: int
     blank_lines: int
+
+    def raw_lines(self, line_nos: list[int]) -> list[str]:
+        """The text of the given 1-based lines, without the line break."""
+        ends = np.append(self.newlines, len(self.data))
+        out = []
+        for line_no in line_nos:
+            start = 0 if line_no == 1 else int(ends[line_no - 2]) + 1
+            line = self.data[start : int(ends[line_no - 1])]
+            out.append(line.decode("utf-8", "replace").removesuffix("\r"))
+        return out
 
 
 def split_lines(data: bytes) -> pl.DataFrame:
@@ -99,7 +112,9 @@ def split_lines(data: bytes) -> pl.DataFrame:
             return pl.DataFrame(
                 {
                     "line_no": pl.int_range(1, raw.len() + 1, dtype=pl.Int64, eager=True),
-                    "raw": raw.fill_null("").str.strip_chars_end("\r"),
+                    "raw": raw.fill_null("").str.strip_chars_end("\r")
+                    if b"\r" in data
+                    else raw.fill_null(""),
                     "utf8": pl.repeat(True, raw.len(), eager=True),
                 }
             )
@@ -185,7 +200,7 @@ def _read_json(lines: pl.Series) -> pl.DataFrame:
 def decode_lines(data: bytes) -> DecodedLines:
     """Parse JSON Lines bytes; blank lines are counted, every other line gets a row."""
     lines = split_lines(data)
-    text = lines.select("line_no", "raw")
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
     total = lines.height
     lines = lines.filter(~pl.col("utf8") | (pl.col("raw").str.strip_chars() != ""))
     blank = total - lines.height
@@ -206,9 +221,11 @@ def decode_lines(data: bytes) -> DecodedLines:
     except pl.exceptions.PolarsError:
         whole = None
     if whole is not None and whole.height == lines.height:
-        fields = whole.with_columns(suspect=lines["suspect"])
-        blocks = [(clean, fields.filter(~pl.col("suspect")).drop("suspect"))]
-        del whole, fields
+        if clean.height == lines.height:
+            blocks = [(clean, whole)]
+        else:
+            blocks = [(clean, whole.filter(~lines["suspect"]))]
+        del whole
     else:
         blocks = None
     try:
@@ -221,6 +238,7 @@ def decode_lines(data: bytes) -> DecodedLines:
                 blocks.append((block, _read_json(block["raw"])))
             except pl.exceptions.PolarsError:
                 gated.append(block)
+    del lines
     for block, fields in blocks:
         parsed = pl.concat([block.select("line_no", "raw", "utf8"), fields], how="horizontal")
         keep, coerced = _split_coerced(parsed)
@@ -257,7 +275,7 @@ def decode_lines(data: bytes) -> DecodedLines:
     schema = {"line_no": pl.Int64, **JSON_SCHEMA}
     schema |= {"reason": pl.String, "detail": pl.String}
     if not parts:
-        return DecodedLines(pl.DataFrame(schema=schema), text, total, blank)
+        return DecodedLines(pl.DataFrame(schema=schema), data, newlines, total, blank)
     parts = [p for p in parts if p.height] or parts[:1]
     frame = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
     frame = frame.select(
@@ -268,4 +286,4 @@ def decode_lines(data: bytes) -> DecodedLines:
     )
     if len(parts) > 1:
         frame = frame.sort("line_no")
-    return DecodedLines(frame, text, total, blank)
+    return DecodedLines(frame, data, newlines, total, blank)

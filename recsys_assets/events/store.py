@@ -35,6 +35,10 @@ def rejects_key(partition: Partition) -> str:
     return f"{_prefix(partition)}/rejects/{partition.day.isoformat()}.jsonl"
 
 
+def aggregate_key(partition: Partition, kind: str) -> str:
+    return f"{_prefix(partition)}/aggregates/{kind}/{partition.day.isoformat()}.parquet"
+
+
 def marker_key(partition: Partition, dataset: str = "exposures") -> str:
     return f"{_prefix(partition)}/markers/{dataset}/{partition.day.isoformat()}.json"
 
@@ -95,6 +99,54 @@ class CanonicalStore(dg.ConfigurableResource):
 
     def uri(self, key: str) -> str:
         return self._store().uri(key)
+
+    def write_aggregates(
+        self,
+        partition: Partition,
+        frames: dict[str, pl.DataFrame],
+        params: dict[str, object],
+        source_hash: str,
+    ) -> dict[str, object]:
+        """Write each aggregate kind of a day, then one marker with their hashes."""
+        store = self._store()
+        hashes = {}
+        for kind, frame in sorted(frames.items()):
+            data = parquet_bytes(frame)
+            store.write_bytes(aggregate_key(partition, kind), data)
+            hashes[kind] = sha256_hex(data)
+        marker = {
+            "v": 1,
+            "dataset": "aggregates",
+            "tenant": partition.tenant,
+            "surface": partition.surface,
+            "day": partition.day.isoformat(),
+            "source_hash": source_hash,
+            "params": params,
+            "content_hashes": hashes,
+            "rows": {kind: frame.height for kind, frame in sorted(frames.items())},
+        }
+        store.write_bytes(
+            marker_key(partition, "aggregates"), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
+        )
+        return marker
+
+    def read_aggregates(
+        self, partition: Partition, kinds: list[str]
+    ) -> tuple[dict[str, pl.DataFrame], dict] | None:
+        """The day's aggregates of `kinds` as its marker vouches for them; None when absent."""
+        marker = self.marker(partition, "aggregates")
+        if marker is None:
+            return None
+        store = self._store()
+        frames = {}
+        for kind in kinds:
+            data = store.read_bytes(aggregate_key(partition, kind))
+            if data is None or sha256_hex(data) != marker["content_hashes"].get(kind):
+                raise PartitionNotReady(
+                    f"aggregates {kind} of {partition}: file does not match the marker's hash"
+                )
+            frames[kind] = pl.read_parquet(data)
+        return frames, marker
 
 
 def day_range(start: dt.date, end: dt.date) -> list[dt.date]:

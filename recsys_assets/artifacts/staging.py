@@ -1,0 +1,75 @@
+"""Staged artifacts (SPEC §5): `<artifacts_dir>/<t>/<s>/[<seg>/]<type>/<start>_<end>/`.
+
+A folder per nominal window holds each `<version>.json` ever built for it (first writer
+wins, never rewritten) and `current.version`, the version this window's asset built last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from recsys_assets.artifacts.envelope import serialize
+from recsys_assets.storage import Store, open_store
+
+
+@dataclass(frozen=True)
+class ArtifactWindow:
+    tenant: str
+    surface: str
+    segment: str
+    artifact_type: str
+    start: dt.date
+    end: dt.date  # exclusive
+
+    @property
+    def prefix(self) -> str:
+        parts = [self.tenant, self.surface, self.segment, self.artifact_type]
+        folder = f"{self.start.isoformat()}_{self.end.isoformat()}"
+        return "/".join([p for p in parts if p] + [folder])
+
+
+@dataclass(frozen=True)
+class StagedArtifact:
+    version: str
+    key: str
+    uri: str
+    written: bool
+    size: int
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Where artifact blobs are staged before publishing (a local path or `s3://`)."""
+
+    location: str
+
+    def _store(self) -> Store:
+        return open_store(self.location)
+
+    def stage(self, window: ArtifactWindow, document: dict[str, Any]) -> StagedArtifact:
+        """Write the blob unless that version exists, then point `current.version` at it."""
+        store = self._store()
+        version = document["build"]["version"]
+        key = f"{window.prefix}/{version}.json"
+        blob = serialize(document)
+        written = store.write_if_absent(key, blob)
+        store.write_bytes(f"{window.prefix}/current.version", f"{version}\n".encode())
+        return StagedArtifact(version, key, store.uri(key), written, len(blob))
+
+    def current(self, window: ArtifactWindow) -> tuple[str, bytes] | None:
+        """The window's current version and its blob, or None when nothing is staged."""
+        store = self._store()
+        pointer = store.read_bytes(f"{window.prefix}/current.version")
+        if pointer is None:
+            return None
+        version = pointer.decode().strip()
+        blob = store.read_bytes(f"{window.prefix}/{version}.json")
+        if blob is None:
+            raise FileNotFoundError(f"{window.prefix}/current.version names {version}, not staged")
+        return version, blob
+
+    def uri(self, key: str) -> str:
+        return self._store().uri(key)
