@@ -72,13 +72,15 @@ class DecodedLines:
 
     frame: pl.DataFrame
     data: bytes
-    newlines: np.ndarray
+    line_lengths: pl.Series
     total_lines: int
     blank_lines: int
 
     def raw_lines(self, line_nos: list[int]) -> list[str]:
         """The text of the given 1-based lines, without the line break."""
-        ends = np.append(self.newlines, len(self.data))
+        if not line_nos:
+            return []
+        ends = np.cumsum(self.line_lengths.to_numpy().astype(np.int64) + 1) - 1
         out = []
         for line_no in line_nos:
             start = 0 if line_no == 1 else int(ends[line_no - 2]) + 1
@@ -95,7 +97,9 @@ def split_lines(data: bytes) -> pl.DataFrame:
     is split in Python instead, so that every raw line is kept whole.
     """
     if not data:
-        return pl.DataFrame(schema={"line_no": pl.Int64, "raw": pl.String, "utf8": pl.Boolean})
+        return pl.DataFrame(
+            schema={"line_no": pl.Int64, "raw": pl.String, "utf8": pl.Boolean, "length": pl.UInt32}
+        )
     if b"\x1f" not in data:
         try:
             raw = pl.read_csv(
@@ -109,17 +113,18 @@ def split_lines(data: bytes) -> pl.DataFrame:
         except pl.exceptions.PolarsError:
             raw = None
         if raw is not None:
+            raw = raw.fill_null("")
             return pl.DataFrame(
                 {
                     "line_no": pl.int_range(1, raw.len() + 1, dtype=pl.Int64, eager=True),
-                    "raw": raw.fill_null("").str.strip_chars_end("\r")
-                    if b"\r" in data
-                    else raw.fill_null(""),
+                    "raw": raw.str.strip_chars_end("\r") if b"\r" in data else raw,
                     "utf8": pl.repeat(True, raw.len(), eager=True),
+                    "length": raw.str.len_bytes(),
                 }
             )
-    lines, utf8 = [], []
+    lines, utf8, lengths = [], [], []
     for chunk in data.split(b"\n"):
+        lengths.append(len(chunk))
         try:
             lines.append(chunk.decode("utf-8"))
             utf8.append(True)
@@ -129,11 +134,13 @@ def split_lines(data: bytes) -> pl.DataFrame:
     if lines[-1] == "":
         lines.pop()
         utf8.pop()
+        lengths.pop()
     return pl.DataFrame(
         {
             "line_no": pl.int_range(1, len(lines) + 1, dtype=pl.Int64, eager=True),
             "raw": pl.Series("raw", lines, dtype=pl.String).str.strip_chars_end("\r"),
             "utf8": pl.Series("utf8", utf8, dtype=pl.Boolean),
+            "length": pl.Series("length", lengths, dtype=pl.UInt32),
         }
     )
 
@@ -200,34 +207,37 @@ def _read_json(lines: pl.Series) -> pl.DataFrame:
 def decode_lines(data: bytes) -> DecodedLines:
     """Parse JSON Lines bytes; blank lines are counted, every other line gets a row."""
     lines = split_lines(data)
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    lengths = lines["length"]
+    lines = lines.drop("length")
     total = lines.height
-    lines = lines.filter(~pl.col("utf8") | (pl.col("raw").str.strip_chars() != ""))
+    nonblank = ~pl.col("utf8") | pl.col("raw").str.contains(r"\S")
+    if lines.select(nonblank.all()).item() is False:
+        lines = lines.filter(nonblank)
     blank = total - lines.height
-    lines = lines.with_columns(
-        suspect=~pl.col("utf8")
-        | ~pl.col("raw").str.strip_chars().str.starts_with("{")
-        | ~pl.col("raw").str.strip_chars().str.ends_with("}")
-        | pl.col("raw").str.contains(_SUSPECT)
-        | pl.col("raw").str.contains("\\u", literal=True)
-    )
-
-    parts: list[pl.DataFrame] = []
-    gated: list[pl.DataFrame] = [lines.filter(pl.col("suspect"))]
-    clean = lines.filter(~pl.col("suspect"))
     try:
         # One parse of the bytes as they are; its rows are the non-blank lines in order.
         whole = pl.read_ndjson(io.BytesIO(data), schema=JSON_SCHEMA) if data else None
     except pl.exceptions.PolarsError:
         whole = None
-    if whole is not None and whole.height == lines.height:
-        if clean.height == lines.height:
-            blocks = [(clean, whole)]
-        else:
-            blocks = [(clean, whole.filter(~lines["suspect"]))]
-        del whole
-    else:
-        blocks = None
+    whole_ok = whole is not None and whole.height == lines.height
+    suspect = (
+        ~pl.col("utf8")
+        | pl.col("raw").str.contains(_SUSPECT)
+        | pl.col("raw").str.contains("\\u", literal=True)
+    )
+    if not whole_ok:  # some line is not an object: find them before parsing block by block
+        suspect = suspect | ~pl.col("raw").str.contains(r"^\s*\{.*\}\s*$")
+    lines = lines.with_columns(suspect=suspect)
+
+    parts: list[pl.DataFrame] = []
+    gated: list[pl.DataFrame] = [lines.filter(pl.col("suspect"))]
+    clean = lines.filter(~pl.col("suspect")) if gated[0].height else lines
+    blocks = None
+    if whole_ok:
+        blocks = [
+            (clean, whole if clean.height == lines.height else whole.filter(~lines["suspect"]))
+        ]
+    del whole
     try:
         blocks = blocks or [(clean, _read_json(clean["raw"]))]
     except pl.exceptions.PolarsError:
@@ -275,7 +285,7 @@ def decode_lines(data: bytes) -> DecodedLines:
     schema = {"line_no": pl.Int64, **JSON_SCHEMA}
     schema |= {"reason": pl.String, "detail": pl.String}
     if not parts:
-        return DecodedLines(pl.DataFrame(schema=schema), data, newlines, total, blank)
+        return DecodedLines(pl.DataFrame(schema=schema), data, lengths, total, blank)
     parts = [p for p in parts if p.height] or parts[:1]
     frame = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
     frame = frame.select(
@@ -286,4 +296,4 @@ def decode_lines(data: bytes) -> DecodedLines:
     )
     if len(parts) > 1:
         frame = frame.sort("line_no")
-    return DecodedLines(frame, data, newlines, total, blank)
+    return DecodedLines(frame, data, lengths, total, blank)
