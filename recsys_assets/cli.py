@@ -19,12 +19,23 @@ from recsys_assets.config import AppConfig, ConfigError, TenantSurface, load_con
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# subcommand -> (job, help); `run` builds every enabled asset of each day.
+ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq")
+
+# subcommand -> (jobs run in order for each day, help)
 STEP_COMMANDS = {
-    "run": ("recsys_daily", "build every asset of each day (canonical, checks, artifacts)"),
-    "ingest": ("ingest", "build canonical exposures for each day and check them"),
-    "validate": ("validate", "re-evaluate the canonical guards of each day"),
+    "run": (
+        ("recsys_daily", "publish"),
+        "build every asset of each day (canonical, checks, artifacts), then publish it",
+    ),
+    "ingest": (("ingest",), "build canonical exposures for each day and check them"),
+    "validate": (("validate",), "re-evaluate the canonical guards of each day"),
+    **{
+        name.replace("_", "-"): ((name,), f"stage the {name} artifact of each day, checked")
+        for name in ARTIFACT_TYPES
+    },
+    "publish": (("publish",), "publish each day's staged artifacts and swap the manifest"),
 }
+REGISTRY_COMMANDS = ("rollback", "unpin", "status")
 
 
 class UsageError(Exception):
@@ -47,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recsys-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("version", help="print the version")
+    for name in REGISTRY_COMMANDS:
+        cmd = sub.add_parser(name, help=REGISTRY_HELP[name], description=REGISTRY_HELP[name])
+        cmd.add_argument("--config", help="config JSON")
+        cmd.add_argument("--tenant", required=name != "status")
+        cmd.add_argument("--surface", required=name != "status")
+        if name == "status":
+            continue
+        cmd.add_argument("--type", required=True, choices=ARTIFACT_TYPES, dest="artifact_type")
+        cmd.add_argument("--reason", default="", help="why (kept in the audit log)")
+        cmd.add_argument("--actor", default=None, help="who (default: user@host)")
+        if name == "rollback":
+            target = cmd.add_mutually_exclusive_group(required=True)
+            target.add_argument("--version", help="a recorded version (64 hex digits)")
+            target.add_argument(
+                "--previous", action="store_true", help="the version recorded before current"
+            )
     for name, (_, help_text) in STEP_COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument(
@@ -65,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REGISTRY_HELP = {
+    "rollback": "point a type at a recorded version, pin it there and audit it",
+    "unpin": "let publishing move a rolled-back type again (audited)",
+    "status": "each current pointer's version, window, age and pin; exit 1 when any is stale",
+}
+
+
 def _targets(config: AppConfig, tenant: str | None, surface: str | None) -> list[TenantSurface]:
     if surface and not tenant:
         raise UsageError("--surface needs --tenant")
@@ -76,18 +110,22 @@ def _targets(config: AppConfig, tenant: str | None, surface: str | None) -> list
     return chosen
 
 
+def _checkpoints(config: AppConfig):
+    from recsys_assets.locations import LocationResource, s3_settings
+
+    return LocationResource(location=config.checkpoint_location, s3=s3_settings(config)).store()
+
+
 def _checkpoint_key(entry: TenantSurface) -> str:
     return f"{entry.tenant}/{entry.surface}.json"
 
 
 def _days(args: argparse.Namespace, config: AppConfig, entry: TenantSurface) -> list[dt.date]:
-    from recsys_assets.storage import open_store
-
     start, end = args.start, args.end
     if getattr(args, "incremental", False):
         if end is None:
             raise UsageError("--incremental needs --end")
-        data = open_store(config.checkpoint_location).read_bytes(_checkpoint_key(entry))
+        data = _checkpoints(config).read_bytes(_checkpoint_key(entry))
         if data is not None:
             start = parse_day(orjson.loads(data)["last_success_day"]) + dt.timedelta(days=1)
         elif start is None:
@@ -113,10 +151,8 @@ def _days(args: argparse.Namespace, config: AppConfig, entry: TenantSurface) -> 
 
 
 def _write_checkpoint(config: AppConfig, entry: TenantSurface, day: dt.date) -> None:
-    from recsys_assets.storage import open_store
-
     document = {"tenant": entry.tenant, "surface": entry.surface, "last_success_day": str(day)}
-    open_store(config.checkpoint_location).write_bytes(
+    _checkpoints(config).write_bytes(
         _checkpoint_key(entry), orjson.dumps(document, option=orjson.OPT_INDENT_2)
     )
 
@@ -128,19 +164,26 @@ def run_steps(args: argparse.Namespace) -> int:
 
     from recsys_assets.graph import build_definitions
     from recsys_assets.partitions import partition_key
-    from recsys_assets.runner import default_instance, execute
+    from recsys_assets.runner import default_instance, execute, merge
 
     defs = build_definitions(config)
     instance = default_instance()
-    job_name = STEP_COMMANDS[args.command][0]
+    job_names = STEP_COMMANDS[args.command][0]
     status = EXIT_OK
+    if args.command == "run":
+        status = _build_catalogs(defs, config, targets, instance)
     for entry, days in plan:
         if not days:
             print(f"{entry.tenant}/{entry.surface}: nothing to do (checkpoint is up to date)")
         for day in days:
+            if status != EXIT_OK:
+                break
             started = time.perf_counter()
             key = partition_key(day, entry.tenant, entry.surface)
-            outcome = execute(defs, job_name, key, instance)
+            outcome = execute(defs, job_names[0], key, instance)
+            for job_name in job_names[1:]:
+                if outcome.success:
+                    outcome = merge(outcome, execute(defs, job_name, key, instance))
             seconds = time.perf_counter() - started
             if outcome.success:
                 print(
@@ -170,12 +213,104 @@ def run_steps(args: argparse.Namespace) -> int:
     return status
 
 
+def _build_catalogs(defs, config: AppConfig, targets: list[TenantSurface], instance) -> int:
+    """`run` refreshes the item catalog of every tenant/surface that has one, first."""
+    from recsys_assets.runner import execute
+
+    for entry in targets:
+        if config.catalog_for(entry) is None:
+            continue
+        outcome = execute(defs, "catalog", entry.key, instance)
+        if not outcome.success:
+            print(
+                f"{entry.tenant}/{entry.surface} catalog: FAILED, "
+                + "; ".join(outcome.messages or outcome.failed_steps),
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        print(f"{entry.tenant}/{entry.surface} catalog: ok", flush=True)
+    return EXIT_OK
+
+
+def registry_command(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from recsys_assets.publish.errors import PublishError
+    from recsys_assets.publish.resources import publish_targets
+    from recsys_assets.publish.rollback import default_actor, rollback, unpin
+    from recsys_assets.publish.status import status
+
+    config = load_config(args.config)
+    now = dt.datetime.now(dt.UTC)
+    object_store, registry = publish_targets(config).stores()
+    if args.command == "status":
+        stale_any = False
+        for entry in _targets(config, args.tenant, args.surface):
+            rows = status(
+                registry,
+                tenant=entry.tenant,
+                surface=entry.surface,
+                now=now,
+                freshness_hours=config.publish.freshness_hours,
+            )
+            if not rows:
+                print(f"{entry.tenant}/{entry.surface}: nothing published")
+                stale_any = True
+            for row in rows:
+                age = "unknown" if row.age_hours is None else f"{row.age_hours:.1f}h"
+                flags = ("STALE " if row.stale else "") + ("PINNED" if row.pinned else "")
+                print(
+                    f"{entry.tenant}/{entry.surface} {row.artifact_type:<12} {row.version[:12]} "
+                    f"window {row.window_start} .. {row.window_end} age {age} {flags}".rstrip()
+                )
+                stale_any = stale_any or row.stale
+        return EXIT_FAILED if stale_any else EXIT_OK
+    entry = config.tenant(args.tenant, args.surface)
+    actor = args.actor or default_actor()
+    try:
+        if args.command == "rollback":
+            result = rollback(
+                registry,
+                object_store,
+                tenant=entry.tenant,
+                surface=entry.surface,
+                artifact_type=args.artifact_type,
+                version=args.version,
+                previous=args.previous,
+                actor=actor,
+                reason=args.reason,
+                now=now,
+                cas_retries=config.publish.cas_retries,
+            )
+            print(
+                f"{entry.tenant}/{entry.surface} {args.artifact_type}: rolled back "
+                f"{result.from_version} -> {result.to_version}, pinned"
+            )
+        else:
+            unpin(
+                registry,
+                tenant=entry.tenant,
+                surface=entry.surface,
+                artifact_type=args.artifact_type,
+                actor=actor,
+                reason=args.reason,
+                now=now,
+            )
+            print(f"{entry.tenant}/{entry.surface} {args.artifact_type}: unpinned")
+    except (PublishError, ValueError) as exc:
+        print(f"recsys-assets {args.command}: FAILED, {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "version":
             print(f"recsys-assets {__version__}")
             return EXIT_OK
+        if args.command in REGISTRY_COMMANDS:
+            return registry_command(args)
         return run_steps(args)
     except UsageError as exc:
         print(f"recsys-assets: usage error: {exc}", file=sys.stderr)

@@ -1,64 +1,100 @@
-"""Builds the graph for a config: assets, checks, resources, jobs and schedules."""
+"""Builds the graph for a config: assets, checks, resources, jobs, schedules and sensors."""
 
 from __future__ import annotations
 
 import warnings
 
 import dagster as dg
-from dagster._utils.warnings import PreviewWarning
+from dagster._utils.warnings import BetaWarning, PreviewWarning
 
-from recsys_assets.config import AppConfig
+from recsys_assets.artifacts.assets import AGGREGATES, CATALOG, SPECS, build_artifact_assets
+from recsys_assets.artifacts.staging import ArtifactStore
+from recsys_assets.config import ARTIFACT_TYPES, AppConfig
 from recsys_assets.events.assets import CANONICAL, canonical_asset, canonical_checks
 from recsys_assets.events.sources import FilesystemEventSource
 from recsys_assets.events.store import CanonicalStore
-from recsys_assets.partitions import daily_partitions
+from recsys_assets.locations import s3_settings
+from recsys_assets.partitions import daily_partitions, tenant_surface_partitions
+from recsys_assets.publish.assets import (
+    FRESHNESS,
+    PUBLISH,
+    freshness_asset,
+    freshness_schedule,
+    publish_asset,
+    publish_sensor,
+)
+from recsys_assets.publish.resources import publish_targets
 
 DAILY_JOB = "recsys_daily"
 
 # Per-partition asset checks are a preview feature in Dagster 1.13; we rely on it knowingly.
 warnings.filterwarnings("ignore", category=PreviewWarning)
+warnings.filterwarnings("ignore", category=BetaWarning)
 
 
 def build_resources(config: AppConfig) -> dict[str, object]:
     if config.raw_source.type != "fs":
         raise NotImplementedError(f"raw_source.type {config.raw_source.type!r} is not built yet")
+    s3 = s3_settings(config)
     return {
         "raw_source": FilesystemEventSource(dir=str(config.raw_source.dir)),
-        "canonical_store": CanonicalStore(location=config.canonical_location),
+        "canonical_store": CanonicalStore(location=config.canonical_location, s3=s3),
+        "artifact_store": ArtifactStore(location=config.artifacts_location, s3=s3),
+        "publish_targets": publish_targets(config),
     }
 
 
 def build_assets(config: AppConfig) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
     """Every asset and asset check of the graph, for the config's partitions."""
-    partitions_def = daily_partitions(config)
-    return [canonical_asset(config, partitions_def), canonical_checks(config, partitions_def)]
+    daily = daily_partitions(config)
+    per_tenant = tenant_surface_partitions(config)
+    return [
+        canonical_asset(config, daily),
+        canonical_checks(config, daily),
+        *build_artifact_assets(config, daily, per_tenant),
+        publish_asset(config, daily),
+        freshness_asset(config, per_tenant),
+    ]
 
 
 def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     """One job per CLI step (the reference system's `job_*` binaries)."""
     canonical = dg.AssetSelection.assets(CANONICAL)
     return {
+        DAILY_JOB: (
+            dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES),
+            "Every asset of one UTC day for one tenant/surface, up to staged, checked "
+            "artifacts; the publish sensor takes it from there.",
+        ),
         "ingest": (canonical, "Canonical exposures and their guards."),
         "validate": (
             dg.AssetSelection.checks_for_assets(CANONICAL),
             "Re-evaluate the canonical guards of existing partitions.",
+        ),
+        **{
+            name: (
+                dg.AssetSelection.assets(AGGREGATES, dg.AssetKey(name)),
+                f"The day's aggregates and the {name} artifact (staging only).",
+            )
+            for name in SPECS
+        },
+        "publish": (dg.AssetSelection.assets(PUBLISH), "Publish a day's staged artifacts."),
+        "catalog": (dg.AssetSelection.assets(CATALOG), "Parse a tenant/surface's item catalog."),
+        "freshness": (
+            dg.AssetSelection.assets(FRESHNESS),
+            "How old each current pointer of a tenant/surface is.",
         ),
     }
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
     assets = build_assets(config)
-    daily_job = dg.define_asset_job(
-        DAILY_JOB,
-        selection=dg.AssetSelection.all(),
-        description="Every asset of one UTC day for one tenant/surface.",
-    )
-    step_jobs = [
-        dg.define_asset_job(name, selection=selection, description=description)
+    jobs = {
+        name: dg.define_asset_job(name, selection=selection, description=description)
         for name, (selection, description) in step_selections().items()
-    ]
-    schedule = dg.build_schedule_from_partitioned_job(
-        daily_job,
+    }
+    daily_schedule = dg.build_schedule_from_partitioned_job(
+        jobs[DAILY_JOB],
         hour_of_day=1,
         minute_of_hour=0,
         default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -68,7 +104,8 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         executor=dg.in_process_executor,
-        jobs=[daily_job, *step_jobs],
-        schedules=[schedule],
+        jobs=list(jobs.values()),
+        schedules=[daily_schedule, freshness_schedule(config, jobs["freshness"])],
+        sensors=[publish_sensor(config)],
         resources=build_resources(config),
     )

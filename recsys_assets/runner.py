@@ -36,6 +36,8 @@ def default_instance() -> dg.DagsterInstance:
 
 
 def partition_tags(key: str) -> dict[str, str]:
+    if "|" not in key:  # a tenant_surface-only partition (the catalog, freshness)
+        return {"dagster/partition": key}
     day, _, tenant_surface = key.partition("|")
     return {
         "dagster/partition": key,
@@ -77,4 +79,16 @@ def execute(defs: dg.Definitions, job_name: str, key: str, instance: dg.DagsterI
         messages=messages,
         materialized=materialized,
         checks={f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in evaluations},
+    )
+
+
+def merge(first: Outcome, second: Outcome) -> Outcome:
+    """Two jobs of one day as one outcome."""
+    return Outcome(
+        success=first.success and second.success,
+        failed_steps=first.failed_steps + second.failed_steps,
+        failed_checks=first.failed_checks + second.failed_checks,
+        messages=first.messages + second.messages,
+        materialized=first.materialized + second.materialized,
+        checks=first.checks | second.checks,
     )

@@ -1,15 +1,35 @@
 """One storage layer for every location of the product: a local folder or an `s3://` prefix.
 
 Writers replace a key atomically and leave it untouched when the bytes are the same, so a
-re-run changes no file (not even its modification time).
+re-run changes no file (not even its modification time). Keys that several writers update
+(the registry's manifest, pins and audit log) go through compare-and-swap:
+`read_with_token` returns the content with a token, and `write_if_token` writes only while
+the key still holds that token.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import functools
+import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.exceptions import ClientError
+
+from recsys_assets.config import S3Connection
+
+_LOCK_SUFFIX = ".lock"
+# S3 answers a failed If-Match / If-None-Match with 412, a concurrent conditional write with
+# 409, and If-Match on a missing key with 404: all mean "not the content you read".
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 
 
 class Store(ABC):
@@ -41,8 +61,26 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def read_with_token(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and a token naming this content; (None, None) when absent."""
+
+    @abstractmethod
+    def write_if_token(self, key: str, data: bytes, token: str | None) -> bool:
+        """Write only if the key still holds `token` (None: only if absent).
+
+        Returns False on a conflict: someone else changed, created or deleted the key since
+        the token was read.
+        """
+
 
 class LocalStore(Store):
+    """A folder; compare-and-swap holds an exclusive `flock` on a hidden sibling lock file.
+
+    `flock` excludes other processes and, because every call opens the lock file anew, other
+    threads of this process too. The token is the SHA-256 of the content.
+    """
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
 
@@ -104,7 +142,7 @@ class LocalStore(Store):
         return sorted(
             p.relative_to(self.root).as_posix()
             for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".tmp")
+            if p.is_file() and not p.name.endswith(".tmp") and not _is_lock_file(p)
         )
 
     def uri(self, key: str) -> str:
@@ -113,10 +151,215 @@ class LocalStore(Store):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def read_with_token(self, key: str) -> tuple[bytes | None, str | None]:
+        data = self.read_bytes(key)
+        return data, _sha256(data)
 
-def open_store(location: str | os.PathLike[str]) -> Store:
-    """The store for a configured location (a local path; `s3://` arrives with the S3 backend)."""
+    def write_if_token(self, key: str, data: bytes, token: str | None) -> bool:
+        path = self._path(key)
+        with self._locked(path):
+            current = self.read_bytes(key)
+            if _sha256(current) != token:
+                return False
+            if current != data:
+                self._write_atomic(path, data)
+        return True
+
+    @contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        # The lock file is never removed: unlinking it would let a later writer lock a new
+        # inode while an earlier one still holds the old.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}{_LOCK_SUFFIX}", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _is_lock_file(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(_LOCK_SUFFIX)
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: ClientError) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(connection: S3Connection, pid: int) -> Any:
+    """One boto3 client per connection and process: clients are thread-safe but slow to build,
+    and a forked child must not share its parent's sockets (hence the pid in the cache key).
+    """
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(
+        endpoint_url=endpoint_url(connection),
+        region_name=connection.region,
+        use_ssl=connection.use_ssl,
+        aws_access_key_id=connection.access_key,
+        aws_secret_access_key=connection.secret_key,
+    ).get_client()
+
+
+def endpoint_url(connection: S3Connection) -> str | None:
+    """The connection's endpoint as a URL; a bare `host:port` gets https, or http without ssl."""
+    endpoint = connection.endpoint
+    if not endpoint:
+        return None
+    if "://" in endpoint:
+        return endpoint
+    return f"{'https' if connection.use_ssl else 'http'}://{endpoint}"
+
+
+class S3Store(Store):
+    """Keys under `s3://<bucket>/<prefix>/`, through a client built by dagster-aws's S3Resource.
+
+    Conditional writes use S3's own preconditions: `IfNoneMatch="*"` creates only if absent and
+    `IfMatch=<ETag>` replaces only the content that was read; the token is the ETag.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", connection: S3Connection | None = None):
+        if not bucket:
+            raise ValueError("an S3 store needs a bucket name, got an empty one")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.connection = connection or S3Connection()
+        self._client = self._connect()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A boto3 client does not pickle; a store sent to another process reconnects there.
+        return {"bucket": self.bucket, "prefix": self.prefix, "connection": self.connection}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = self._connect()
+
+    def _connect(self) -> Any:
+        client = _s3_client(self.connection, os.getpid())
+        if self.connection.create_bucket:
+            self._ensure_bucket(client)
+        return client
+
+    def _ensure_bucket(self, client: Any) -> None:
+        try:
+            client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if _http_status(exc) != 404:
+                raise
+        options: dict[str, Any] = {"Bucket": self.bucket}
+        if self.connection.region != "us-east-1":
+            options["CreateBucketConfiguration"] = {"LocationConstraint": self.connection.region}
+        try:
+            client.create_bucket(**options)
+        except ClientError as exc:
+            if _error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise
+
+    def _key(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or any(part in {"", ".", ".."} for part in parts):
+            raise ValueError(f"key {key!r} is not a plain relative path (empty, '.' or '..' part)")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _get(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchKey":  # not NoSuchBucket: that is a config error
+                return None, None
+            raise
+        with response["Body"] as body:
+            return body.read(), response["ETag"]
+
+    def _put(self, key: str, data: bytes, **precondition: str) -> bool:
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+                **precondition,
+            )
+        except ClientError as exc:
+            if precondition and _error_code(exc) in _CONFLICT_CODES:
+                return False
+            raise
+        return True
+
+    def read_bytes(self, key: str) -> bytes | None:
+        return self._get(key)[0]
+
+    def write_bytes(self, key: str, data: bytes) -> bool:
+        head = self._head(key)
+        md5_etag = f'"{hashlib.md5(data).hexdigest()}"'
+        # A single-part upload's ETag is the MD5 of its bytes; other ETags (multipart,
+        # SSE-KMS) say nothing about the content, so then the bytes themselves are compared.
+        unchanged = (
+            head is not None
+            and head["ContentLength"] == len(data)
+            and (head["ETag"] == md5_etag or self.read_bytes(key) == data)
+        )
+        return False if unchanged else self._put(key, data)
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put(key, data, IfNoneMatch="*")
+
+    def read_with_token(self, key: str) -> tuple[bytes | None, str | None]:
+        return self._get(key)
+
+    def write_if_token(self, key: str, data: bytes, token: str | None) -> bool:
+        if token is None:
+            return self._put(key, data, IfNoneMatch="*")
+        return self._put(key, data, IfMatch=token)
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _http_status(exc) == 404:
+                return None
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        # Like a folder: `a/b` lists `a/b/...`, never `a/bc`.
+        listed = f"{self._key(prefix.strip('/'))}/" if prefix.strip("/") else root
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
+            keys.extend(item["Key"][len(root) :] for item in page.get("Contents", []))
+        return sorted(keys)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_store(location: str | os.PathLike[str], s3: S3Connection | None = None) -> Store:
+    """The store for a configured location: a local path, or `s3://bucket/prefix`.
+
+    An `s3://` location takes its bucket and prefix from the URI and everything else
+    (endpoint, keys, region, ssl, create_bucket) from `s3`, the config's `object_store.s3`.
+    """
     text = str(location)
     if text.startswith("s3://"):
-        raise NotImplementedError(f"S3 locations are not supported yet: {text}")
+        parts = urlsplit(text)
+        if not parts.netloc:
+            raise ValueError(f"S3 location {text!r} names no bucket (expected s3://bucket/prefix)")
+        return S3Store(parts.netloc, parts.path.strip("/"), s3)
     return LocalStore(text)

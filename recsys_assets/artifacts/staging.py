@@ -10,10 +10,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import dagster as dg
-
 from recsys_assets.artifacts.envelope import serialize
-from recsys_assets.storage import Store, open_store
+from recsys_assets.locations import LocationResource
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,12 @@ class StagedArtifact:
     size: int
 
 
-class ArtifactStore(dg.ConfigurableResource):
+class ArtifactStore(LocationResource):
     """Where artifact blobs are staged before publishing (a local path or `s3://`)."""
-
-    location: str
-
-    def _store(self) -> Store:
-        return open_store(self.location)
 
     def stage(self, window: ArtifactWindow, document: dict[str, Any]) -> StagedArtifact:
         """Write the blob unless that version exists, then point `current.version` at it."""
-        store = self._store()
+        store = self.store()
         version = document["build"]["version"]
         key = f"{window.prefix}/{version}.json"
         blob = serialize(document)
@@ -61,7 +54,7 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def current(self, window: ArtifactWindow) -> tuple[str, bytes] | None:
         """The window's current version and its blob, or None when nothing is staged."""
-        store = self._store()
+        store = self.store()
         pointer = store.read_bytes(f"{window.prefix}/current.version")
         if pointer is None:
             return None
@@ -72,4 +65,4 @@ class ArtifactStore(dg.ConfigurableResource):
         return version, blob
 
     def uri(self, key: str) -> str:
-        return self._store().uri(key)
+        return self.store().uri(key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import dagster as dg
 import orjson
 import polars as pl
 
@@ -16,7 +15,7 @@ from recsys_assets.events.canonical import (
     parquet_bytes,
     sha256_hex,
 )
-from recsys_assets.storage import Store, open_store
+from recsys_assets.locations import LocationResource
 
 
 class PartitionNotReady(RuntimeError):
@@ -43,19 +42,14 @@ def marker_key(partition: Partition, dataset: str = "exposures") -> str:
     return f"{_prefix(partition)}/markers/{dataset}/{partition.day.isoformat()}.json"
 
 
-class CanonicalStore(dg.ConfigurableResource):
+class CanonicalStore(LocationResource):
     """Canonical partitions under `location` (a local path; `s3://` with the S3 backend)."""
-
-    location: str
-
-    def _store(self) -> Store:
-        return open_store(self.location)
 
     def write(
         self, partition: Partition, canonical: CanonicalPartition, source: str
     ) -> dict[str, object]:
         """Write exposures and rejects, then the marker; returns the marker."""
-        store = self._store()
+        store = self.store()
         events = parquet_bytes(canonical.events)
         rejects = ndjson_bytes(canonical.rejects)
         store.write_bytes(exposures_key(partition), events)
@@ -76,13 +70,13 @@ class CanonicalStore(dg.ConfigurableResource):
         return marker
 
     def write_unattributed(self, name: str, data: bytes) -> str:
-        store = self._store()
+        store = self.store()
         key = f"_unattributed/{name}"
         store.write_bytes(key, data)
         return store.uri(key)
 
     def marker(self, partition: Partition, dataset: str = "exposures") -> dict | None:
-        data = self._store().read_bytes(marker_key(partition, dataset))
+        data = self.store().read_bytes(marker_key(partition, dataset))
         return orjson.loads(data) if data is not None else None
 
     def read_events(self, partition: Partition) -> tuple[pl.DataFrame, dict]:
@@ -90,7 +84,7 @@ class CanonicalStore(dg.ConfigurableResource):
         marker = self.marker(partition)
         if marker is None:
             raise PartitionNotReady(f"canonical partition {partition} has no marker")
-        data = self._store().read_bytes(exposures_key(partition))
+        data = self.store().read_bytes(exposures_key(partition))
         if data is None or sha256_hex(data) != marker["content_hash"]:
             raise PartitionNotReady(
                 f"canonical partition {partition}: exposures do not match the marker's hash"
@@ -98,7 +92,46 @@ class CanonicalStore(dg.ConfigurableResource):
         return pl.read_parquet(data).cast(EVENT_SCHEMA), marker
 
     def uri(self, key: str) -> str:
-        return self._store().uri(key)
+        return self.store().uri(key)
+
+    def write_catalog(
+        self, tenant: str, surface: str, frame: pl.DataFrame, rejects: bytes, source: dict
+    ) -> dict[str, object]:
+        """Write a tenant/surface's parsed catalog and its rejects, then the marker."""
+        store = self.store()
+        data = parquet_bytes(frame)
+        store.write_bytes(f"{tenant}/{surface}/catalog/items.parquet", data)
+        store.write_bytes(f"{tenant}/{surface}/catalog/rejects.jsonl", rejects)
+        marker = {
+            "v": 1,
+            "dataset": "catalog",
+            "tenant": tenant,
+            "surface": surface,
+            "content_hash": sha256_hex(data),
+            "rejects_hash": sha256_hex(rejects),
+            "rows": frame.height,
+            "source": source,
+        }
+        store.write_bytes(
+            f"{tenant}/{surface}/markers/catalog.json",
+            orjson.dumps(marker, option=orjson.OPT_INDENT_2),
+        )
+        return marker
+
+    def read_catalog(self, tenant: str, surface: str) -> tuple[pl.DataFrame, dict]:
+        """The parsed catalog as its marker vouches for it."""
+        store = self.store()
+        raw = store.read_bytes(f"{tenant}/{surface}/markers/catalog.json")
+        if raw is None:
+            raise PartitionNotReady(
+                f"no item catalog for {tenant}/{surface}: materialize item_catalog first "
+                f"(recsys-assets run does)"
+            )
+        marker = orjson.loads(raw)
+        data = store.read_bytes(f"{tenant}/{surface}/catalog/items.parquet")
+        if data is None or sha256_hex(data) != marker["content_hash"]:
+            raise PartitionNotReady(f"catalog of {tenant}/{surface} does not match its marker")
+        return pl.read_parquet(data), marker
 
     def write_aggregates(
         self,
@@ -108,7 +141,7 @@ class CanonicalStore(dg.ConfigurableResource):
         source_hash: str,
     ) -> dict[str, object]:
         """Write each aggregate kind of a day, then one marker with their hashes."""
-        store = self._store()
+        store = self.store()
         hashes = {}
         for kind, frame in sorted(frames.items()):
             data = parquet_bytes(frame)
@@ -137,7 +170,7 @@ class CanonicalStore(dg.ConfigurableResource):
         marker = self.marker(partition, "aggregates")
         if marker is None:
             return None
-        store = self._store()
+        store = self.store()
         frames = {}
         for kind in kinds:
             data = store.read_bytes(aggregate_key(partition, kind))

@@ -1,0 +1,360 @@
+"""Daily partial aggregates of one day's canonical exposures, and their merge over a window.
+
+Each kind is computed once per (UTC day, tenant, surface) by `daily_aggregates`, stored under
+`aggregates/<kind>/YYYY-MM-DD.parquet`, and summed over the days of an artifact window by
+`merge_aggregates`. Every frame is sorted by its key columns, which are unique.
+
+| kind | columns (key columns first) |
+|---|---|
+| item_counts | item_id, count: exposures of the item |
+| cooc_pairs | item_id, neighbor_id, count: sessions that showed both; item_id < neighbor_id, so each unordered pair appears once |
+| cooc_stats | one row: sessions, events, excluded_sessions, excluded_events |
+| user_item_counts | user_id, item_id, count: exposures of the item to the known user |
+| user_transitions | user_id, item_id, count: times the item came right after another of the user's events |
+| item_transitions | item_id, next_item_id, weight_units: sum of 1/gap for next_item_id seen gap steps after item_id in a session (gap <= window), in units of 1/TRANSITION_UNIT |
+
+Two parameters belong to the daily aggregation: `max_items_per_session`
+(limits.max_items_per_session; a session with more distinct items is left out of cooc_pairs and
+counted in cooc_stats) and `transition_window` (artifacts.session_seq.window). Changing either
+affects the days aggregated afterwards, so the asset layer keys the aggregates on them.
+
+Transition weights are kept as integers (`weight = weight_units / TRANSITION_UNIT`, the unit
+being lcm(1..MAX_TRANSITION_WINDOW)) so that sums over days are exact and bit-identical in any
+order; a float sum would depend on how the engine splits the work.
+
+Merging days differs from reading the whole window at once in three ways, all documented
+consequences of partial aggregation:
+- a session that crosses midnight is two sessions: a pair seen in both halves counts twice, its
+  transitions across midnight are lost, and cooc_stats counts it twice;
+- the crawler cut-off applies to each day's part of a session;
+- a user's sequence breaks at midnight: the first event of a day has no predecessor.
+
+Days are read in the canonical order (ts, session_id, rank, item_id, user_id, request_id): "in
+time order" below means that order, so exposures of one request follow their rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys_assets.artifacts.ranking import codes
+
+AGGREGATE_KINDS = (
+    "item_counts",
+    "cooc_pairs",
+    "cooc_stats",
+    "user_item_counts",
+    "user_transitions",
+    "item_transitions",
+)
+AGGREGATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "item_counts": {"item_id": pl.String(), "count": pl.Int64()},
+    "cooc_pairs": {"item_id": pl.String(), "neighbor_id": pl.String(), "count": pl.Int64()},
+    "cooc_stats": {
+        "sessions": pl.Int64(),
+        "events": pl.Int64(),
+        "excluded_sessions": pl.Int64(),
+        "excluded_events": pl.Int64(),
+    },
+    "user_item_counts": {"user_id": pl.String(), "item_id": pl.String(), "count": pl.Int64()},
+    "user_transitions": {"user_id": pl.String(), "item_id": pl.String(), "count": pl.Int64()},
+    "item_transitions": {
+        "item_id": pl.String(),
+        "next_item_id": pl.String(),
+        "weight_units": pl.Int64(),
+    },
+}
+AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
+    "item_counts": ("item_id",),
+    "cooc_pairs": ("item_id", "neighbor_id"),
+    "cooc_stats": (),
+    "user_item_counts": ("user_id", "item_id"),
+    "user_transitions": ("user_id", "item_id"),
+    "item_transitions": ("item_id", "next_item_id"),
+}
+EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Datetime("us", "UTC"),
+    "tenant": pl.String(),
+    "surface": pl.String(),
+    "session_id": pl.String(),
+    "item_id": pl.String(),
+    "user_id": pl.String(),
+    "request_id": pl.String(),
+    "rank": pl.Int64(),
+}
+MAX_TRANSITION_WINDOW = 20
+TRANSITION_UNIT = math.lcm(*range(1, MAX_TRANSITION_WINDOW + 1))
+
+
+def empty_aggregate(kind: str) -> pl.DataFrame:
+    """The frame of `kind` for a day without events."""
+    schema = _schema(kind)
+    if kind == "cooc_stats":
+        return pl.DataFrame({name: [0] for name in schema}, schema=schema)
+    return pl.DataFrame(schema=schema)
+
+
+def daily_aggregates(
+    events: pl.DataFrame, *, max_items_per_session: int = 200, transition_window: int = 3
+) -> dict[str, pl.DataFrame]:
+    """Every aggregate kind of one day's canonical events (kind -> frame)."""
+    _check_events(events)
+    if not isinstance(max_items_per_session, int) or max_items_per_session < 1:
+        raise ValueError(
+            f"limits.max_items_per_session must be an integer >= 1, got {max_items_per_session!r}"
+        )
+    if (
+        not isinstance(transition_window, int)
+        or not 1 <= transition_window <= MAX_TRANSITION_WINDOW
+    ):
+        raise ValueError(
+            f"artifacts.session_seq.window must be an integer in 1..{MAX_TRANSITION_WINDOW},"
+            f" got {transition_window!r}"
+        )
+    if events.height == 0:
+        return {kind: empty_aggregate(kind) for kind in AGGREGATE_KINDS}
+
+    items = events["item_id"].unique().sort()
+    item_code = codes(events["item_id"], items, "item_id")
+    grouped = (
+        events.select("session_id")
+        .with_row_index("row")
+        .group_by("session_id", maintain_order=True)
+        .agg("row")
+    )
+    session_length = grouped["row"].list.len().to_numpy().astype(np.int64)
+    session_rows = grouped["row"].explode().to_numpy()
+    session_of = np.repeat(np.arange(session_length.size), session_length)
+    session_items = item_code[session_rows]  # session by session, in time order
+
+    pairs, stats = _cooc(session_of, session_items, session_length, items, max_items_per_session)
+    user_items, user_transitions = _user_aggregates(events, item_code, items)
+    return {
+        "item_counts": pl.DataFrame(
+            {"item_id": items, "count": np.bincount(item_code, minlength=items.len())},
+            schema=AGGREGATE_SCHEMAS["item_counts"],
+        ),
+        "cooc_pairs": pairs,
+        "cooc_stats": stats,
+        "user_item_counts": user_items,
+        "user_transitions": user_transitions,
+        "item_transitions": _item_transitions(session_of, session_items, items, transition_window),
+    }
+
+
+def merge_aggregates(kind: str, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Sum the daily frames of `kind` by key; no frames give the empty aggregate."""
+    schema = _schema(kind)
+    for index, frame in enumerate(frames):
+        if dict(frame.schema) != schema:
+            raise ValueError(
+                f"{kind} frame #{index} has columns {dict(frame.schema)}, expected {schema}"
+            )
+    if kind == "cooc_stats":
+        if not frames:
+            return empty_aggregate(kind)
+        return pl.concat(frames).sum()
+    present = [frame for frame in frames if frame.height]
+    if not present:
+        return empty_aggregate(kind)
+    if len(present) == 1:
+        return present[0]
+    if kind == "item_counts":
+        return pl.concat(present).group_by("item_id").agg(pl.col("count").sum()).sort("item_id")
+    # Pair kinds: sum sparse matrices over a shared id dictionary (linear merges of sorted
+    # rows) instead of hashing millions of string pairs.
+    first, second, value = schema
+    firsts = _union_ids([frame[first] for frame in present])
+    seconds = _union_ids([frame[second] for frame in present])
+    total = None
+    for frame in present:
+        matrix = sp.csr_matrix(
+            (
+                frame[value].to_numpy(),
+                (
+                    codes(frame[first], firsts, f"{kind}.{first}"),
+                    codes(frame[second], seconds, f"{kind}.{second}"),
+                ),
+            ),
+            shape=(firsts.len(), seconds.len()),
+        )
+        total = matrix if total is None else total + matrix
+    assert total is not None
+    total.sum_duplicates()
+    rows = np.repeat(np.arange(firsts.len(), dtype=np.int64), np.diff(total.indptr))
+    return _frame(kind, (rows, total.indices, total.data), firsts, seconds)
+
+
+def _union_ids(columns: list[pl.Series]) -> pl.Series:
+    return pl.concat([column.unique() for column in columns]).unique().sort()
+
+
+def _schema(kind: str) -> dict[str, pl.DataType]:
+    if kind not in AGGREGATE_SCHEMAS:
+        raise ValueError(f"unknown aggregate kind {kind!r}; known: {', '.join(AGGREGATE_KINDS)}")
+    return AGGREGATE_SCHEMAS[kind]
+
+
+def _check_events(events: pl.DataFrame) -> None:
+    for name in ("session_id", "item_id", "user_id"):
+        dtype = events.schema.get(name)
+        if dtype != EVENTS_SCHEMA[name]:
+            raise ValueError(
+                f"canonical events need column {name} of type {EVENTS_SCHEMA[name]}, got {dtype}"
+            )
+    for name in ("session_id", "item_id"):
+        nulls = events[name].null_count()
+        if nulls:
+            raise ValueError(f"canonical events have {nulls} null {name} values")
+
+
+def _workers() -> int:
+    return max(1, pl.thread_pool_size())
+
+
+def _cooc(
+    session_of: np.ndarray,
+    session_items: np.ndarray,
+    session_length: np.ndarray,
+    items: pl.Series,
+    max_items_per_session: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    n_sessions, n_items = session_length.size, items.len()
+    # Binary session x item matrix: duplicates summed by the COO -> CSR conversion, then
+    # set to 1 so that a session counts a pair once.
+    x = sp.csr_matrix(
+        (np.ones(session_items.size, dtype=np.int32), (session_of, session_items)),
+        shape=(n_sessions, n_items),
+    )
+    x.sum_duplicates()
+    distinct = np.diff(x.indptr)
+    excluded = distinct > max_items_per_session
+    if excluded.any():
+        x = x[~excluded]
+    x.data[:] = 1
+    pairs = _frame("cooc_pairs", _upper_pair_counts(x), items, items)
+    stats = pl.DataFrame(
+        {
+            "sessions": [n_sessions],
+            "events": [int(session_length.sum())],
+            "excluded_sessions": [int(excluded.sum())],
+            "excluded_events": [int(session_length[excluded].sum())],
+        },
+        schema=AGGREGATE_SCHEMAS["cooc_stats"],
+    )
+    return pairs, stats
+
+
+def _upper_pair_counts(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries above the diagonal of x.T @ x as (row, column, value), sorted by row, column.
+
+    The product is computed in row blocks of x.T on a thread pool (scipy's kernels release
+    the GIL); each block's rows are contiguous, so concatenating keeps the order.
+    """
+    n_items = x.shape[1]
+    xt = x.T.tocsr()
+    bounds = np.linspace(0, n_items, _workers() + 1).astype(np.int64)
+
+    def block(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        product = xt[lo:hi] @ x
+        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(product.indptr))
+        upper = product.indices > rows
+        # Sort the columns of each row (only the kept half) through a CSR of the upper part.
+        kept = sp.csr_matrix(
+            (product.data[upper], product.indices[upper], _indptr(rows[upper] - lo, hi - lo)),
+            shape=(hi - lo, n_items),
+        )
+        kept.sort_indices()
+        return rows[upper], kept.indices, kept.data
+
+    with ThreadPoolExecutor(max_workers=len(bounds) - 1) as pool:
+        parts = list(pool.map(block, bounds[:-1].tolist(), bounds[1:].tolist()))
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def _indptr(sorted_rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """CSR row pointers for entries whose (non-decreasing) row numbers are `sorted_rows`."""
+    return np.concatenate(([0], np.cumsum(np.bincount(sorted_rows, minlength=n_rows))))
+
+
+def _summed(
+    rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, sum of values) per distinct entry, sorted by row then column.
+
+    A COO -> CSR conversion sums duplicates with a counting sort, much faster than sorting
+    or hashing the keys.
+    """
+    matrix = sp.csr_matrix((values, (rows, columns)), shape=shape)
+    matrix.sum_duplicates()
+    entry_rows = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return entry_rows, matrix.indices, matrix.data
+
+
+def _frame(
+    kind: str,
+    entries: tuple[np.ndarray, np.ndarray, np.ndarray],
+    first: pl.Series,
+    second: pl.Series,
+) -> pl.DataFrame:
+    """The aggregate frame of `kind` from (first code, second code, value) entries."""
+    rows, columns, values = entries
+    schema = AGGREGATE_SCHEMAS[kind]
+    names = list(schema)
+    return pl.DataFrame(
+        {
+            names[0]: first.gather(rows),
+            names[1]: second.gather(columns),
+            names[2]: values.astype(np.int64, copy=False),
+        },
+        schema=schema,
+    )
+
+
+def _user_aggregates(
+    events: pl.DataFrame, item_code: np.ndarray, items: pl.Series
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    known = np.flatnonzero(events["user_id"].is_not_null().to_numpy())
+    if known.size == 0:
+        return empty_aggregate("user_item_counts"), empty_aggregate("user_transitions")
+    users = events["user_id"].drop_nulls().unique().sort()
+    user_code = codes(events["user_id"].gather(known), users, "user_id")
+    user_item = item_code[known]
+    shape = (users.len(), items.len())
+    seen = _summed(user_code, user_item, np.ones(known.size, np.int64), shape)
+    # Stable sort: each user's events stay in time order.
+    order = np.argsort(user_code, kind="stable")
+    user_seq, item_seq = user_code[order], user_item[order]
+    follows = user_seq[1:] == user_seq[:-1]
+    moved = _summed(
+        user_seq[1:][follows], item_seq[1:][follows], np.ones(int(follows.sum()), np.int64), shape
+    )
+    return (
+        _frame("user_item_counts", seen, users, items),
+        _frame("user_transitions", moved, users, items),
+    )
+
+
+def _item_transitions(
+    session_of: np.ndarray, session_items: np.ndarray, items: pl.Series, window: int
+) -> pl.DataFrame:
+    firsts, seconds, units = [], [], []
+    for gap in range(1, window + 1):
+        same_session = session_of[gap:] == session_of[:-gap]
+        first, second = session_items[:-gap][same_session], session_items[gap:][same_session]
+        # An item is not its own next item: repeats in a session carry no signal for it.
+        moved = first != second
+        firsts.append(first[moved])
+        seconds.append(second[moved])
+        units.append(np.full(int(moved.sum()), TRANSITION_UNIT // gap, dtype=np.int64))
+    n_items = items.len()
+    summed = _summed(
+        np.concatenate(firsts), np.concatenate(seconds), np.concatenate(units), (n_items, n_items)
+    )
+    return _frame("item_transitions", summed, items, items)

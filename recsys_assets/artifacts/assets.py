@@ -1,0 +1,470 @@
+"""Daily aggregates, the artifact assets and their checks: thin wiring over the pure builders."""
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import orjson
+
+from recsys_assets.artifacts import aggregates as agg
+from recsys_assets.artifacts.content_sim import content_sim_payload, parse_catalog
+from recsys_assets.artifacts.cooc import cooc_payload
+from recsys_assets.artifacts.envelope import build_document
+from recsys_assets.artifacts.implicit_als import implicit_payload
+from recsys_assets.artifacts.popularity import popularity_payload
+from recsys_assets.artifacts.session_seq import session_seq_payload
+from recsys_assets.artifacts.staging import ArtifactStore, ArtifactWindow
+from recsys_assets.artifacts.validate import Caps, Expected, validate_blob
+from recsys_assets.artifacts.window import WindowData, aggregate_params, load_window, window_bounds
+from recsys_assets.config import (
+    ARTIFACT_TYPES,
+    AppConfig,
+    ArtifactSettings,
+    ContentSimSettings,
+    ImplicitSettings,
+    SessionSeqSettings,
+    TenantSurface,
+)
+from recsys_assets.events.assets import CANONICAL
+from recsys_assets.events.store import CanonicalStore
+from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
+
+AGGREGATES = dg.AssetKey("daily_aggregates")
+CATALOG = dg.AssetKey("item_catalog")
+
+Builder = Callable[[WindowData, AppConfig, TenantSurface, Any], tuple[dict, dict]]
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """How one artifact type is built: the aggregates it merges and its payload builder."""
+
+    artifact_type: str
+    kinds: tuple[str, ...]
+    build: Builder
+    description: str
+
+
+def _popularity(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
+    return popularity_payload(
+        window.frames["item_counts"],
+        max_items_per_artifact=config.limits.max_items_per_artifact,
+    )
+
+
+def _cooc(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
+    limits = config.limits
+    return cooc_payload(
+        window.frames["cooc_pairs"],
+        window.frames["cooc_stats"],
+        window.frames["item_counts"],
+        min_cooc_support=limits.min_cooc_support,
+        max_neighbors_per_item=limits.max_neighbors_per_item,
+        max_items_per_artifact=limits.max_items_per_artifact,
+    )
+
+
+def _implicit(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
+    return implicit_payload(
+        window.frames["user_item_counts"],
+        factors=settings.factors,
+        regularization=settings.regularization,
+        alpha=settings.alpha,
+        iterations=settings.iterations,
+        random_state=settings.random_state,
+        max_users=settings.max_users,
+        max_items_per_user=config.limits.max_items_per_user,
+    )
+
+
+def _session_seq(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
+    limits = config.limits
+    return session_seq_payload(
+        window.frames["user_transitions"],
+        window.frames["user_item_counts"],
+        window.frames["item_transitions"],
+        max_users=settings.max_users,
+        max_items_per_user=limits.max_items_per_user,
+        max_neighbors_per_item=limits.max_neighbors_per_item,
+        max_items_per_artifact=limits.max_items_per_artifact,
+    )
+
+
+def _content_sim(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
+    return content_sim_payload(
+        window.frames["catalog"],
+        surface=entry.surface,
+        max_neighbors_per_item=config.limits.max_neighbors_per_item,
+        min_similarity=settings.min_similarity,
+        max_items=settings.max_items,
+    )
+
+
+SPECS: dict[str, ArtifactSpec] = {
+    "popularity": ArtifactSpec(
+        "popularity", ("item_counts",), _popularity, "Exposures per item over the window."
+    ),
+    "cooc": ArtifactSpec(
+        "cooc",
+        ("cooc_pairs", "cooc_stats", "item_counts"),
+        _cooc,
+        "Items seen in the same session as each anchor, over the window.",
+    ),
+    "implicit": ArtifactSpec(
+        "implicit",
+        ("user_item_counts",),
+        _implicit,
+        "Collaborative recommendations per user from ALS matrix factorization.",
+    ),
+    "content_sim": ArtifactSpec(
+        "content_sim",
+        (),
+        _content_sim,
+        "Items similar by TF-IDF cosine over their catalog tags.",
+    ),
+    "session_seq": ArtifactSpec(
+        "session_seq",
+        ("user_transitions", "user_item_counts", "item_transitions"),
+        _session_seq,
+        "Next-item scores per user and 1/gap item transitions within sessions.",
+    ),
+}
+
+
+def lookback(window_days: int) -> dg.PartitionMapping:
+    """Each artifact partition depends on the `window_days` aggregate days ending with it."""
+    return dg.MultiPartitionMapping(
+        {
+            DATE_DIM: dg.DimensionPartitionMapping(
+                DATE_DIM, dg.TimeWindowPartitionMapping(start_offset=-(window_days - 1))
+            ),
+            TENANT_SURFACE_DIM: dg.DimensionPartitionMapping(
+                TENANT_SURFACE_DIM, dg.IdentityPartitionMapping()
+            ),
+        }
+    )
+
+
+def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
+    @dg.asset(
+        key=AGGREGATES,
+        partitions_def=partitions_def,
+        deps=[CANONICAL],
+        group_name="aggregates",
+        kinds={"polars", "parquet"},
+        description="One day's partial aggregates (item counts, session co-counts, user-item "
+        "counts, transitions), computed once from the canonical partition; artifact windows "
+        "merge them.",
+    )
+    def daily_aggregates(
+        context: dg.AssetExecutionContext, canonical_store: CanonicalStore
+    ) -> dg.MaterializeResult:
+        partition = parse_partition_key(context.partition_key)
+        entry = config.tenant(partition.tenant, partition.surface)
+        started = time.perf_counter()
+        events, marker = canonical_store.read_events(partition)
+        params = aggregate_params(config, entry)
+        frames = agg.daily_aggregates(events, **params)
+        written = canonical_store.write_aggregates(
+            partition, frames, params, marker["content_hash"]
+        )
+        seconds = time.perf_counter() - started
+        stats = frames["cooc_stats"].row(0, named=True)
+        context.log.info(
+            f"{partition.tenant}/{partition.surface} {partition.day}: aggregated "
+            f"{events.height:,} events in {seconds:.2f}s"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **{f"rows_{kind}": dg.MetadataValue.int(n) for kind, n in written["rows"].items()},
+                **{f"cooc_{k}": dg.MetadataValue.int(int(v)) for k, v in stats.items()},
+                "params": dg.MetadataValue.json(params),
+                "source_hash": marker["content_hash"],
+                "seconds": dg.MetadataValue.float(round(seconds, 3)),
+            }
+        )
+
+    return daily_aggregates
+
+
+def disabled_reason(
+    config: AppConfig, entry: TenantSurface, artifact_type: str, settings: ArtifactSettings
+) -> str | None:
+    if not settings.enabled:
+        return f"artifacts.{artifact_type}.enabled is false"
+    if artifact_type == "content_sim" and config.catalog_for(entry) is None:
+        return "no item catalog is configured"
+    return None
+
+
+def artifact_window(entry: TenantSurface, artifact_type: str, day: dt.date, window_days: int):
+    start, end = window_bounds(day, window_days)
+    return ArtifactWindow(entry.tenant, entry.surface, entry.segment, artifact_type, start, end)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def artifact_asset(
+    spec: ArtifactSpec, config: AppConfig, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    longest = max(
+        config.artifact_settings(entry, spec.artifact_type).window_days for entry in config.tenants
+    )
+    deps: list[dg.AssetDep] = [dg.AssetDep(AGGREGATES, partition_mapping=lookback(longest))]
+    if spec.artifact_type == "content_sim":
+        deps = [
+            dg.AssetDep(
+                CATALOG,
+                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(TENANT_SURFACE_DIM),
+            )
+        ]
+
+    @dg.asset(
+        key=spec.artifact_type,
+        partitions_def=partitions_def,
+        deps=deps,
+        group_name="artifacts",
+        kinds={"json"},
+        description=f"{spec.description} Staged as a versioned JSON blob (SPEC §4).",
+    )
+    def artifact(
+        context: dg.AssetExecutionContext,
+        canonical_store: CanonicalStore,
+        artifact_store: ArtifactStore,
+    ) -> dg.MaterializeResult:
+        partition = parse_partition_key(context.partition_key)
+        entry = config.tenant(partition.tenant, partition.surface)
+        settings = config.artifact_settings(entry, spec.artifact_type)
+        window = artifact_window(entry, spec.artifact_type, partition.day, settings.window_days)
+        reason = disabled_reason(config, entry, spec.artifact_type, settings)
+        if reason:
+            context.log.info(f"{spec.artifact_type} for {partition}: disabled ({reason})")
+            return dg.MaterializeResult(metadata={"enabled": False, "reason": reason})
+        started = time.perf_counter()
+        if spec.kinds:
+            data = load_window(
+                canonical_store,
+                config,
+                entry,
+                partition.day,
+                settings.window_days,
+                list(spec.kinds),
+            )
+        else:
+            catalog, marker = canonical_store.read_catalog(entry.tenant, entry.surface)
+            data = WindowData(
+                window.start, window.end, {"catalog": catalog}, [], [], [], marker["content_hash"]
+            )
+        payload, stats = spec.build(data, config, entry, settings)
+        document = build_document(
+            spec.artifact_type,
+            entry.tenant,
+            entry.surface,
+            entry.segment,
+            window.start,
+            window.end,
+            payload,
+            data.source_hash,
+            _now(),
+        )
+        staged = artifact_store.stage(window, document)
+        seconds = time.perf_counter() - started
+        context.log.info(
+            f"{spec.artifact_type} for {partition}: version {staged.version[:12]} "
+            f"({'new' if staged.written else 'unchanged'}, {staged.size:,} bytes) "
+            f"in {seconds:.2f}s"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "enabled": True,
+                "version": staged.version,
+                "path": dg.MetadataValue.path(staged.uri),
+                "new_version": staged.written,
+                "bytes": staged.size,
+                "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(),
+                "days_present": dg.MetadataValue.json([d.isoformat() for d in data.days_present]),
+                "days_missing": dg.MetadataValue.json([d.isoformat() for d in data.days_missing]),
+                "days_reaggregated": len(data.days_recomputed),
+                "source_hash": data.source_hash,
+                **{k: v for k, v in stats.items() if isinstance(v, int | float | str)},
+                "seconds": dg.MetadataValue.float(round(seconds, 3)),
+            }
+        )
+
+    return artifact
+
+
+def artifact_checks(
+    spec: ArtifactSpec, config: AppConfig, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    """Blocking checks of SPEC §6 on the staged blob; cooc also guards its crawler share."""
+    key = dg.AssetKey(spec.artifact_type)
+    names = {"valid": "schema, envelope, version, caps, ids, scores (SPEC §6)"}
+    if spec.artifact_type == "cooc":
+        names["excluded_event_ratio"] = (
+            "share of events in over-long sessions <= limits.max_excluded_event_ratio"
+        )
+    specs = [
+        dg.AssetCheckSpec(n, asset=key, description=d, blocking=True, partitions_def=partitions_def)
+        for n, d in names.items()
+    ]
+
+    @dg.multi_asset_check(specs=specs, name=f"{spec.artifact_type}_checks", can_subset=True)
+    def checks(
+        context: dg.AssetCheckExecutionContext,
+        canonical_store: CanonicalStore,
+        artifact_store: ArtifactStore,
+    ):
+        partition = parse_partition_key(context.partition_key)
+        entry = config.tenant(partition.tenant, partition.surface)
+        settings = config.artifact_settings(entry, spec.artifact_type)
+        selected = {k.name for k in context.selected_asset_check_keys}
+        reason = disabled_reason(config, entry, spec.artifact_type, settings)
+        results: dict[str, tuple[bool, str, dict]] = {}
+        if reason:
+            for name in names:
+                results[name] = (True, f"skipped: {reason}", {"skipped": True})
+        else:
+            window = artifact_window(entry, spec.artifact_type, partition.day, settings.window_days)
+            problems, meta = staged_problems(
+                artifact_store, window, caps_for(config, spec.artifact_type, settings)
+            )
+            results["valid"] = (
+                not problems,
+                "; ".join(problems[:5]) or "artifact is valid",
+                meta | {"problems": len(problems)},
+            )
+            if "excluded_event_ratio" in names:
+                data = load_window(
+                    canonical_store,
+                    config,
+                    entry,
+                    partition.day,
+                    settings.window_days,
+                    ["cooc_stats"],
+                )
+                stats = data.frames["cooc_stats"].row(0, named=True)
+                ratio = stats["excluded_events"] / stats["events"] if stats["events"] else 0.0
+                limit = config.limits.max_excluded_event_ratio
+                results["excluded_event_ratio"] = (
+                    ratio <= limit,
+                    f"excluded-event ratio {ratio:.6f} ({stats['excluded_events']} events in "
+                    f"{stats['excluded_sessions']} sessions over max_items_per_session "
+                    f"{config.limits.max_items_per_session} / {stats['events']} events) vs "
+                    f"max_excluded_event_ratio {limit}",
+                    {"ratio": ratio, "excluded_sessions": int(stats["excluded_sessions"])},
+                )
+        for name, (passed, message, metadata) in results.items():
+            if name not in selected:
+                continue
+            if not passed:
+                context.log.error(f"{spec.artifact_type} {partition}: {name} failed: {message}")
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=passed,
+                description=message,
+                metadata=metadata,
+            )
+
+    return checks
+
+
+def caps_for(config: AppConfig, artifact_type: str, settings: ArtifactSettings) -> Caps:
+    """The caps and filters a type's builder applied, for its validation."""
+    limits = config.limits
+    extra: dict[str, Any] = {}
+    if artifact_type == "cooc":
+        extra["min_cooc_support"] = limits.min_cooc_support
+    if isinstance(settings, ContentSimSettings):
+        extra |= {"max_items": settings.max_items, "min_similarity": settings.min_similarity}
+    if isinstance(settings, ImplicitSettings | SessionSeqSettings):
+        extra["max_users"] = settings.max_users
+    return Caps(
+        max_items_per_artifact=limits.max_items_per_artifact,
+        max_neighbors_per_item=limits.max_neighbors_per_item,
+        max_items_per_user=limits.max_items_per_user,
+        **extra,
+    )
+
+
+def expected_for(window: ArtifactWindow) -> Expected:
+    return Expected(
+        artifact_type=window.artifact_type,
+        tenant=window.tenant,
+        surface=window.surface,
+        segment=window.segment,
+        window_start=window.start,
+        window_end_exclusive=window.end,
+    )
+
+
+def staged_problems(
+    artifact_store: ArtifactStore, window: ArtifactWindow, caps: Caps
+) -> tuple[list[str], dict]:
+    """Problems of the blob a window's `current.version` names, and what was checked."""
+    current = artifact_store.current(window)
+    if current is None:
+        return [f"nothing staged under {window.prefix}"], {}
+    version, blob = current
+    return validate_blob(blob, expected_for(window), caps), {"version": version, "bytes": len(blob)}
+
+
+def catalog_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
+    @dg.asset(
+        key=CATALOG,
+        partitions_def=partitions_def,
+        group_name="catalog",
+        kinds={"polars", "parquet"},
+        description="The item catalog of a tenant/surface (CSV or JSONL, SPEC §4), parsed and "
+        "stored with its rejects; feeds content_sim.",
+    )
+    def item_catalog(
+        context: dg.AssetExecutionContext, canonical_store: CanonicalStore
+    ) -> dg.MaterializeResult:
+        entry = config.tenant_by_key(context.partition_key)
+        catalog = config.catalog_for(entry)
+        if catalog is None:
+            return dg.MaterializeResult(metadata={"enabled": False, "reason": "no catalog"})
+        data = catalog.path.read_bytes()
+        fmt = "jsonl" if catalog.path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+        frame, rejects = parse_catalog(data, fmt)
+        rejects_bytes = b"".join(orjson.dumps(r) + b"\n" for r in rejects)
+        marker = canonical_store.write_catalog(
+            entry.tenant,
+            entry.surface,
+            frame,
+            rejects_bytes,
+            {"path": str(catalog.path), "sha256": hashlib.sha256(data).hexdigest()},
+        )
+        context.log.info(f"catalog {entry.key}: {frame.height} rows, {len(rejects)} rejects")
+        return dg.MaterializeResult(
+            metadata={
+                "rows": frame.height,
+                "rejects": len(rejects),
+                "content_hash": marker["content_hash"],
+                "source": str(catalog.path),
+            }
+        )
+
+    return item_catalog
+
+
+def build_artifact_assets(
+    config: AppConfig, partitions_def: dg.PartitionsDefinition, tenant_partitions
+) -> list:
+    out: list = [aggregates_asset(config, partitions_def), catalog_asset(config, tenant_partitions)]
+    for artifact_type in ARTIFACT_TYPES:
+        spec = SPECS.get(artifact_type)
+        if spec is None:
+            continue
+        out.append(artifact_asset(spec, config, partitions_def))
+        out.append(artifact_checks(spec, config, partitions_def))
+    return out

@@ -1,0 +1,283 @@
+"""Artifact envelope (SPEC §4): field order, score rounding, JCS bytes, version, blob bytes.
+
+`version` is the SHA-256 of the RFC 8785 (JCS) serialization of the document without its
+`build` member. JCS is produced here with orjson (sorted keys, compact) and one correction:
+orjson writes some floats differently from ECMAScript's Number.prototype.toString, which JCS
+prescribes (`1.0` vs `1`, `1e-6` vs `0.000001`, `1e+16` vs `10000000000000000`). Those
+number tokens are found with a regular expression, checked to lie outside strings, and
+rewritten; the rest of orjson's output (string escaping, UTF-8, no whitespace) already is
+JCS. Tests compare the result with the `rfc8785` package over generated documents.
+
+Two limits, irrelevant to the documents built here: keys are sorted by code point (JCS sorts
+by UTF-16 code unit; the orders differ only between non-BMP characters and U+E000..U+FFFF),
+and NaN or infinities, which JCS rejects, are refused by `round_scores` before a document
+exists (orjson would write them as null).
+"""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq")
+SCORE_DECIMALS = 6
+ENVELOPE_FIELDS = frozenset({"v", "artifact_type", "tenant", "surface", "segment", "window"})
+MARKER_FIELDS = frozenset({"enabled", "reason"})
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
+_MAX_SAFE_INT = 2**53 - 1
+# orjson writes a float differently from JCS only when it is integral (`3.0`, `-0.0`) or has
+# an exponent (`1e-6`, `1e+16`). Such a token contains one of these markers ...
+_MARKERS = (b".0,", b".0]", b".0}", b"e-", b"e+")
+_SUSPECT = re.compile(rb"e[-+]|\.0[,\]}]")
+# ... and, in compact JSON, follows `:`, `,` or `[` and precedes `,`, `]` or `}`.
+_FLOAT_TO_FIX = re.compile(rb"-?[0-9]+(?:\.0(?=[,\]}])|(?:\.[0-9]+)?e[-+][0-9]+(?=[,\]}]))")
+_LONGEST_FLOAT = 32
+
+
+def round_scores(values: Any) -> np.ndarray:
+    """Scores as float64 rounded to SCORE_DECIMALS places, -0.0 made 0.0; refuses NaN/inf."""
+    scores = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        bad = scores[~np.isfinite(scores)][0]
+        raise ValueError(f"scores must be finite numbers, got {bad!r}")
+    return np.round(scores, SCORE_DECIMALS) + 0.0
+
+
+def json_scores(values: Any) -> list[int | float]:
+    """Rounded scores as the JSON values to write: integral ones as int, the rest as float.
+
+    JCS prints an integral float without a fraction (`2.0` -> `2`); writing it as an int
+    makes the blob read the same way.
+    """
+    scores = round_scores(values)
+    out = scores.astype(object)
+    whole = (scores == np.trunc(scores)) & (np.abs(scores) <= _MAX_SAFE_INT)
+    if whole.any():
+        out[whole] = scores[whole].astype(np.int64).astype(object)
+    return out.tolist()
+
+
+def window_json(window_start: date, window_end_exclusive: date) -> dict[str, str]:
+    """The envelope's `window`: UTC midnights of the first day and of the day after the last."""
+    for name, day in (
+        ("window_start", window_start),
+        ("window_end_exclusive", window_end_exclusive),
+    ):
+        if isinstance(day, datetime) or not isinstance(day, date):
+            raise TypeError(f"{name} must be a datetime.date (a UTC day), got {day!r}")
+    if window_end_exclusive <= window_start:
+        raise ValueError(
+            f"window end {window_end_exclusive} must be after its start {window_start}"
+        )
+    return {
+        "start": f"{window_start.isoformat()}T00:00:00Z",
+        "end": f"{window_end_exclusive.isoformat()}T00:00:00Z",
+    }
+
+
+def _head(
+    artifact_type: str,
+    tenant: str,
+    surface: str,
+    segment: str,
+    window_start: date,
+    window_end_exclusive: date,
+) -> dict[str, Any]:
+    if artifact_type not in ARTIFACT_TYPES:
+        raise ValueError(
+            f"artifact_type must be one of {', '.join(ARTIFACT_TYPES)}, got {artifact_type!r}"
+        )
+    for name, value in (("tenant", tenant), ("surface", surface)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if not isinstance(segment, str):
+        raise ValueError(f"segment must be a string ('' for none), got {segment!r}")
+    head: dict[str, Any] = {
+        "v": 1,
+        "artifact_type": artifact_type,
+        "tenant": tenant,
+        "surface": surface,
+    }
+    if segment:
+        head["segment"] = segment
+    head["window"] = window_json(window_start, window_end_exclusive)
+    return head
+
+
+def build_document(
+    artifact_type: str,
+    tenant: str,
+    surface: str,
+    segment: str,
+    window_start: date,
+    window_end_exclusive: date,
+    payload: Mapping[str, Any],
+    source_hash: str,
+    built_at: str,
+) -> dict[str, Any]:
+    """The artifact document in SPEC §4 field order, with `build.version` computed."""
+    clash = sorted(ENVELOPE_FIELDS.union(MARKER_FIELDS, {"build"}).intersection(payload))
+    if clash:
+        raise ValueError(f"payload fields {clash} would overwrite envelope fields")
+    if not isinstance(source_hash, str) or not _HEX64.match(source_hash):
+        raise ValueError(f"source_hash must be 64 lower-case hex digits, got {source_hash!r}")
+    if not isinstance(built_at, str) or not RFC3339.match(built_at):
+        raise ValueError(f"built_at must be an RFC 3339 timestamp, got {built_at!r}")
+    document = _head(artifact_type, tenant, surface, segment, window_start, window_end_exclusive)
+    document.update(payload)
+    document["build"] = {
+        "built_at": built_at,
+        "version": version_of(document),
+        "source_hash": source_hash,
+    }
+    return document
+
+
+def disabled_marker(
+    artifact_type: str,
+    tenant: str,
+    surface: str,
+    segment: str,
+    window_start: date,
+    window_end_exclusive: date,
+    reason: str,
+) -> dict[str, Any]:
+    """The document a switched-off type materializes: envelope head, `enabled: false`, reason.
+
+    It has no payload and no `build` (nothing to version or publish); its schema is
+    `schemas/artifacts/disabled.v1.json`.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(f"a disabled marker needs a non-empty reason, got {reason!r}")
+    marker = _head(artifact_type, tenant, surface, segment, window_start, window_end_exclusive)
+    marker["enabled"] = False
+    marker["reason"] = reason
+    return marker
+
+
+def is_disabled_marker(document: Mapping[str, Any]) -> bool:
+    """True for a document made by `disabled_marker`."""
+    return document.get("enabled") is False
+
+
+def canonical_bytes(document: Any) -> bytes:
+    """RFC 8785 (JCS) serialization of `document` (see the module docstring for its limits)."""
+    try:
+        text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"document has no JCS form: {exc}") from exc
+    return _jcs_numbers(text)
+
+
+def version_of(document: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the JCS bytes of `document` without its `build` member."""
+    unbuilt = {key: value for key, value in document.items() if key != "build"}
+    return hashlib.sha256(canonical_bytes(unbuilt)).hexdigest()
+
+
+def serialize(document: Mapping[str, Any]) -> bytes:
+    """The blob bytes: compact JSON in the document's own field order, numbers as JCS writes."""
+    try:
+        text = orjson.dumps(document, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"document cannot be serialized: {exc}") from exc
+    return _jcs_numbers(text)
+
+
+def verify_blob(blob: bytes) -> tuple[bool, str | None, list[str]]:
+    """Recompute a blob's version: (matches build.version, recomputed version, problems)."""
+    try:
+        document = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        return False, None, [f"blob is not valid JSON: {exc}"]
+    if not isinstance(document, dict):
+        return False, None, [f"blob must hold a JSON object, got {type(document).__name__}"]
+    try:
+        recomputed = version_of(document)
+    except ValueError as exc:
+        return False, None, [str(exc)]
+    build = document.get("build")
+    stated = build.get("version") if isinstance(build, dict) else None
+    if not isinstance(stated, str):
+        return False, recomputed, ["document has no build.version to verify"]
+    if stated != recomputed:
+        return (
+            False,
+            recomputed,
+            [f"build.version {stated} does not match the recomputed version {recomputed}"],
+        )
+    return True, recomputed, []
+
+
+def es6_number(value: float) -> str:
+    """`value` as ECMAScript's Number.prototype.toString writes it (RFC 8785 §3.2.2.3)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} has no JSON form (RFC 8785 forbids NaN and infinities)")
+    if value == 0:
+        return "0"
+    if value < 0:
+        return "-" + es6_number(-value)
+    # repr gives the shortest digits that round-trip, the digits ECMAScript also picks.
+    _, digit_tuple, exponent = decimal.Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    point = len(digit_tuple) + exponent  # value = 0.<digits> * 10**point
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    count = len(digits)
+    if count <= point <= 21:
+        return digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return f"{digits[:point]}.{digits[point:]}"
+    if -6 < point <= 0:
+        return f"0.{'0' * -point}{digits}"
+    power = point - 1
+    mantissa = digits if count == 1 else f"{digits[0]}.{digits[1:]}"
+    return f"{mantissa}e{'+' if power >= 0 else '-'}{abs(power)}"
+
+
+def _jcs_numbers(text: bytes) -> bytes:
+    """Rewrite the float tokens of compact JSON `text` whose form differs from JCS."""
+    if not any(marker in text for marker in _MARKERS):
+        return text
+    spans: list[tuple[int, int]] = []
+    for suspect in _SUSPECT.finditer(text):
+        at = suspect.start()
+        if spans and at < spans[-1][1]:
+            continue
+        low = max(0, at - _LONGEST_FLOAT)
+        start = max(text.rfind(b":", low, at), text.rfind(b",", low, at), text.rfind(b"[", low, at))
+        token = _FLOAT_TO_FIX.match(text, start + 1) if start >= 0 else None
+        if token is not None and token.end() > at:
+            spans.append(token.span())
+    pieces: list[bytes] = []
+    last = 0
+    for (start, end), is_number in zip(spans, _outside_strings(text, spans), strict=True):
+        if is_number:
+            pieces.append(text[last:start])
+            pieces.append(es6_number(float(text[start:end])).encode())
+            last = end
+    pieces.append(text[last:])
+    return b"".join(pieces)
+
+
+def _outside_strings(text: bytes, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each span (ascending) of valid compact JSON `text`, whether it is outside strings."""
+    # Blanking escape pairs left to right (`\\` first, then `\"`) leaves exactly the quotes
+    # that open and close strings; a position is outside when an even number precede it.
+    blanked = text.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in text else text
+    outside = []
+    quotes = previous = 0
+    for start, _ in spans:
+        quotes += blanked.count(b'"', previous, start)
+        previous = start
+        outside.append(quotes % 2 == 0)
+    return outside

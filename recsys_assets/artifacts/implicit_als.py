@@ -1,0 +1,151 @@
+"""Implicit payload (SPEC §4): collaborative recommendations from ALS (the `implicit` library).
+
+The model trains on every known user's exposures of the window (confidence = alpha * count),
+so that the item factors use all the evidence; only the most active users (exposures, ties
+by id), at most `artifacts.implicit.max_users`, get a row. Recommendations leave out the
+items the user was already shown (`filter_already_liked_items=True`: an artifact of things
+the user has seen adds nothing), so a user who has seen every item gets no row.
+
+Determinism: factors are seeded by `random_state`; BLAS runs single-threaded while fitting and
+scoring (threadpoolctl, which works even when numpy was imported before OPENBLAS_NUM_THREADS
+could be set), and ALS runs on `num_threads` threads, each user's and item's solve being
+independent of scheduling. Same input and parameters give bit-identical scores on the same
+machine; another CPU or BLAS build may change the last bits, so the version may differ.
+
+Ranking: ALS returns each user's best max_items_per_user + 16 unseen items; their scores are
+clipped at 0, rounded to 6 decimals and re-sorted by (score descending, item id), then cut
+to max_items_per_user. Ties at the cut are thus broken by id among those candidates, which
+is exact unless more than max_items_per_user extra items tie at the cut score (in practice
+only clipped zeros can).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys_assets.artifacts.envelope import json_scores, round_scores
+from recsys_assets.artifacts.ranking import check_cap, codes, most_active, nest
+
+# Score of an item `recommend` filtered out (already seen): float32's lowest value.
+_FILTERED = np.finfo(np.float32).min
+# Extra candidates asked of ALS so that ties at the cut are broken by id among them.
+_TIE_MARGIN = 16
+
+
+def implicit_payload(
+    user_item_counts: pl.DataFrame,
+    *,
+    factors: int = 64,
+    regularization: float = 0.05,
+    alpha: float = 1.0,
+    iterations: int = 15,
+    random_state: int = 42,
+    max_users: int = 100_000,
+    max_items_per_user: int = 50,
+    num_threads: int = 0,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """`{"users": [{"user_id", "items": [{"item_id", "score"}]}]}` sorted by user id, and stats.
+
+    `user_item_counts` is the merged aggregate. Stats: users (known users), items,
+    interactions (user-item pairs), users_kept (the max_users most active), users_written
+    (kept users with at least one recommendation).
+    """
+    check_cap("artifacts.implicit.factors", factors)
+    check_cap("artifacts.implicit.iterations", iterations)
+    check_cap("artifacts.implicit.max_users", max_users)
+    check_cap("limits.max_items_per_user", max_items_per_user)
+    for name, value in (("regularization", regularization), ("alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"artifacts.implicit.{name} must be a number > 0, got {value!r}")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+        raise ValueError(f"num_threads must be an integer >= 0 (0: all cores), got {num_threads!r}")
+
+    users = user_item_counts["user_id"].unique().sort()
+    items = user_item_counts["item_id"].unique().sort()
+    stats = {
+        "users": users.len(),
+        "items": items.len(),
+        "interactions": user_item_counts.height,
+        "users_kept": 0,
+        "users_written": 0,
+    }
+    if users.len() == 0:
+        return {"users": []}, stats
+    matrix = sp.csr_matrix(
+        (
+            user_item_counts["count"].to_numpy().astype(np.float32),
+            (
+                codes(user_item_counts["user_id"], users, "user_item_counts.user_id"),
+                codes(user_item_counts["item_id"], items, "user_item_counts.item_id"),
+            ),
+        ),
+        shape=(users.len(), items.len()),
+    )
+    activity = pl.DataFrame(
+        {"user": np.arange(users.len()), "activity": np.asarray(matrix.sum(axis=1)).ravel()}
+    )
+    kept = most_active(activity, key="user", activity="activity", k=max_users)["user"].to_numpy()
+    stats["users_kept"] = int(kept.size)
+
+    candidates = min(items.len(), max_items_per_user + _TIE_MARGIN)
+    with threadpool_limits(limits=1, user_api="blas"):
+        # Imported here so that implicit's BLAS check sees the single-threaded pool.
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            random_state=random_state,
+            num_threads=num_threads,
+        )
+        model.fit(matrix, show_progress=False)
+        ids, raw = model.recommend(
+            kept, matrix[kept], N=candidates, filter_already_liked_items=True
+        )
+
+    user_index, item, score = _ranked(ids, raw, max_items_per_user)
+    rows = nest(
+        users.gather(kept[user_index]),
+        items.gather(item).to_list(),
+        json_scores(score),
+        row_key="user_id",
+        list_key="items",
+        value_key="score",
+    )
+    stats["users_written"] = len(rows)
+    return {"users": rows}, stats
+
+
+def _ranked(
+    ids: np.ndarray, raw: np.ndarray, per_user: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, item code, score) of each user's best items, by score descending then item code.
+
+    `ids` and `raw` are recommend()'s (users x candidates) arrays, best first; filtered
+    slots are dropped, scores clipped at 0 and rounded before the tie-break.
+    """
+    score = np.clip(round_scores(raw), 0.0, None)
+    valid = raw > _FILTERED
+    ids = ids.astype(np.int64)
+    # Rounding and clipping keep each row non-increasing, so only rows with equal adjacent
+    # scores need reordering: sort those by (run of equal scores, item code).
+    tied = np.flatnonzero(((score[:, 1:] == score[:, :-1]) & valid[:, 1:]).any(axis=1))
+    if tied.size:
+        changed = np.zeros((tied.size, score.shape[1]), dtype=np.int64)
+        changed[:, 1:] = score[tied, 1:] != score[tied, :-1]
+        width = int(ids.max()) + 1
+        key = np.cumsum(changed, axis=1) * width + ids[tied]
+        key[~valid[tied]] = (score.shape[1] + 1) * width
+        order = np.argsort(key, axis=1, kind="stable")
+        for array in (ids, score, valid):
+            array[tied] = np.take_along_axis(array[tied], order, axis=1)
+    ids, score, valid = ids[:, :per_user], score[:, :per_user], valid[:, :per_user]
+    rows = np.broadcast_to(np.arange(ids.shape[0])[:, None], ids.shape)
+    return rows[valid], ids[valid], score[valid]

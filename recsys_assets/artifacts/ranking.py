@@ -1,0 +1,90 @@
+"""Ordering, top-K and nesting shared by the payload builders.
+
+Every list in an artifact is sorted with an explicit tie-break on the id (ascending, by code
+point, which is also polars' byte order for UTF-8 strings), so the bytes are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+
+def check_cap(name: str, value: object) -> None:
+    """Refuse a cap or limit that is not an integer >= 1, naming its config key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def codes(values: pl.Series, categories: pl.Series, what: str) -> np.ndarray:
+    """Position of each value in `categories` (sorted, unique ids) as int64.
+
+    Ids sort the same way as their codes, so sorting codes sorts ids.
+    """
+    try:
+        return values.cast(pl.Enum(categories)).to_physical().cast(pl.Int64).to_numpy()
+    except pl.exceptions.InvalidOperationError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+
+
+def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` entries with the largest `value` in each row, ties by smallest `tie`.
+
+    The result is ordered by row, then value descending, then tie ascending. Only entries
+    at or above each row's k-th largest value (found by a grouped top-k) are sorted.
+    """
+    if row.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    frame = pl.DataFrame({"row": row, "value": value})
+    threshold = frame.group_by("row").agg(pl.col("value").top_k(k).min())
+    floor = np.zeros(int(row.max()) + 1, dtype=value.dtype)
+    floor[threshold["row"].to_numpy()] = threshold["value"].to_numpy()
+    kept = np.flatnonzero(value >= floor[row])
+    kept = kept[np.lexsort((tie[kept], -value[kept], row[kept]))]
+    kept_rows = row[kept]
+    first = np.flatnonzero(np.r_[True, kept_rows[1:] != kept_rows[:-1]])
+    rank = np.arange(kept.size) - np.repeat(first, np.diff(np.r_[first, kept.size]))
+    return kept[rank < k]
+
+
+def top_per_group(
+    frame: pl.DataFrame, *, group: str, by: list[str], descending: list[bool], k: int
+) -> pl.DataFrame:
+    """The first `k` rows of each group in (`by`, `descending`) order; sorted by group first."""
+    ordered = frame.sort([group, *by], descending=[False, *descending])
+    return ordered.filter(pl.int_range(pl.len()).over(group) < k)
+
+
+def most_active(frame: pl.DataFrame, *, key: str, activity: str, k: int) -> pl.DataFrame:
+    """The `k` rows with the largest `activity`, ties by `key` ascending; sorted by `key`."""
+    return frame.sort([activity, key], descending=[True, False]).head(k).sort(key)
+
+
+def nest(
+    groups: pl.Series,
+    item_ids: list[str],
+    values: list[Any],
+    *,
+    row_key: str,
+    list_key: str,
+    value_key: str,
+) -> list[dict[str, Any]]:
+    """Rows `{row_key: group, list_key: [{"item_id", value_key}]}` from entries sorted by group.
+
+    `groups`, `item_ids` and `values` are parallel; equal groups are consecutive.
+    """
+    entries = [
+        {"item_id": item_id, value_key: value}
+        for item_id, value in zip(item_ids, values, strict=True)
+    ]
+    runs = groups.rle()
+    rows = []
+    start = 0
+    for group, length in zip(
+        runs.struct.field("value").to_list(), runs.struct.field("len").to_list(), strict=True
+    ):
+        rows.append({row_key: group, list_key: entries[start : start + length]})
+        start += length
+    return rows

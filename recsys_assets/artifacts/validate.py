@@ -1,0 +1,336 @@
+"""Validation of an artifact document against what its partition expects (SPEC §6).
+
+`validate_document` returns human-readable problems, empty when the document is good:
+its JSON Schema (`schemas/artifacts/<type>.v1.json`, or `disabled.v1.json` for a disabled
+marker), type/tenant/surface/segment/window, the version, caps, and the sort orders of SPEC §4
+(with the uniqueness they imply). The checks after the schema run only on a document that
+matches it.
+
+Schema speed: jsonschema needs ~20 µs per object, minutes for the millions of entries an
+implicit artifact can hold. So the schema is applied to the document with its innermost
+entry lists emptied, and each entry is checked by `_entry_ok`, a direct transcription of the
+schema's `counted`/`scored` definitions (tests hold the two to agreement); an entry that
+fails is then validated with jsonschema, which writes the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+
+from recsys_assets.artifacts.envelope import (
+    ARTIFACT_TYPES,
+    is_disabled_marker,
+    version_of,
+    window_json,
+)
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "artifacts"
+# Examples reported per kind of problem before the rest are only counted.
+_EXAMPLES = 5
+
+# Where each type keeps its entry lists: (payload list, row list field or None, entry def).
+_ENTRY_LISTS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
+    "popularity": (("items", None, "counted"),),
+    "cooc": (("neighbors", "items", "counted"),),
+    "implicit": (("users", "items", "scored"),),
+    "content_sim": (("items", "similar", "scored"),),
+    "session_seq": (("users", "items", "scored"), ("transitions", "items", "scored")),
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the partition being checked says the document must be."""
+
+    artifact_type: str
+    tenant: str
+    surface: str
+    segment: str
+    window_start: date
+    window_end_exclusive: date
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Caps (SPEC §6, defaults of SPEC §9) and, when set, the filters the builder applied.
+
+    max_users is artifacts.<implicit|session_seq>.max_users; max_items is
+    artifacts.content_sim.max_items.
+    """
+
+    max_items_per_artifact: int = 1000
+    max_neighbors_per_item: int = 50
+    max_items_per_user: int = 50
+    max_users: int = 100_000
+    max_items: int = 100_000
+    min_cooc_support: int | None = None
+    min_similarity: float | None = None
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    """`schemas/artifacts/<name>.v1.json` (an artifact type, `disabled` or `manifest`)."""
+    path = SCHEMA_DIR / f"{name}.v1.json"
+    return json.loads(path.read_text())
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
+@functools.cache
+def _entry_validator(name: str, definition: str) -> jsonschema.Draft202012Validator:
+    schema = load_schema(name)
+    return jsonschema.Draft202012Validator({**schema["$defs"][definition], "$defs": schema["$defs"]})
+
+
+def validate_blob(blob: bytes, expected: Expected, caps: Caps) -> list[str]:
+    """Problems of the document in `blob` (see `validate_document`), parse errors included."""
+    try:
+        document = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        return [f"blob is not valid JSON: {exc}"]
+    return validate_document(document, expected, caps)
+
+
+def validate_manifest(manifest: Any) -> list[str]:
+    """Problems of a ManifestV1 document against `schemas/artifacts/manifest.v1.json`."""
+    return _schema_problems(_validator("manifest"), manifest, "$")
+
+
+def validate_document(document: Any, expected: Expected, caps: Caps) -> list[str]:
+    """Problems of an artifact document (or disabled marker); empty when it is good."""
+    if expected.artifact_type not in ARTIFACT_TYPES:
+        raise ValueError(
+            f"expected.artifact_type must be one of {', '.join(ARTIFACT_TYPES)},"
+            f" got {expected.artifact_type!r}"
+        )
+    if not isinstance(document, dict):
+        return [f"artifact must be a JSON object, got {type(document).__name__}"]
+    if is_disabled_marker(document):
+        problems = _schema_problems(_validator("disabled"), document, "$")
+        return problems or _identity_problems(document, expected)
+
+    problems = _artifact_schema_problems(document, expected.artifact_type)
+    if problems:
+        return problems
+    problems = _identity_problems(document, expected)
+    stated, recomputed = document["build"]["version"], version_of(document)
+    if stated != recomputed:
+        problems.append(f"build.version {stated} does not match the recomputed version {recomputed}")
+    return problems + _payload_problems(document, expected.artifact_type, caps)
+
+
+def _schema_problems(validator: jsonschema.Draft202012Validator, value: Any, where: str) -> list[str]:
+    problems = []
+    for error in sorted(validator.iter_errors(value), key=lambda error: list(error.absolute_path)):
+        path = where + error.json_path[1:]
+        problems.append(f"schema: {path}: {error.message}")
+    return problems
+
+
+def _artifact_schema_problems(document: dict[str, Any], artifact_type: str) -> list[str]:
+    skeleton = dict(document)
+    entry_lists: list[tuple[str, list[Any], str]] = []
+    for field, inner, definition in _ENTRY_LISTS[artifact_type]:
+        rows = document.get(field)
+        if not isinstance(rows, list):
+            continue
+        if inner is None:
+            skeleton[field] = []
+            entry_lists.append((f"$.{field}", rows, definition))
+            continue
+        emptied = []
+        for index, row in enumerate(rows):
+            if isinstance(row, dict) and isinstance(row.get(inner), list):
+                entry_lists.append((f"$.{field}[{index}].{inner}", row[inner], definition))
+                row = {**row, inner: []}
+            emptied.append(row)
+        skeleton[field] = emptied
+
+    problems = _schema_problems(_validator(artifact_type), skeleton, "$")
+    bad_entries = 0
+    for where, entries, definition in entry_lists:
+        for index, entry in enumerate(entries):
+            if _entry_ok(entry, definition):
+                continue
+            bad_entries += 1
+            if bad_entries <= _EXAMPLES:
+                path = f"{where}[{index}]"
+                found = _schema_problems(_entry_validator(artifact_type, definition), entry, path)
+                problems.extend(found or [f"schema: {path}: does not match $defs/{definition}"])
+    if bad_entries > _EXAMPLES:
+        problems.append(f"schema: {bad_entries - _EXAMPLES} more entries do not match their schema")
+    return problems
+
+
+def _entry_ok(entry: Any, definition: str) -> bool:
+    """The schema's `counted` / `scored` definitions, checked directly."""
+    if type(entry) is not dict or len(entry) != 2:
+        return False
+    item_id = entry.get("item_id")
+    if type(item_id) is not str or not item_id:
+        return False
+    if definition == "counted":
+        count = entry.get("count")
+        kind = type(count)
+        # JSON Schema's integer includes floats with a zero fraction.
+        return (kind is int or (kind is float and count.is_integer())) and not count < 0
+    score = entry.get("score")
+    kind = type(score)
+    return (kind is int or kind is float) and not score < 0
+
+
+def _identity_problems(document: Mapping[str, Any], expected: Expected) -> list[str]:
+    problems = []
+    for field in ("artifact_type", "tenant", "surface"):
+        if document.get(field) != getattr(expected, field):
+            problems.append(f"{field} is {document.get(field)!r}, expected {getattr(expected, field)!r}")
+    segment = document.get("segment", "")
+    if segment != expected.segment:
+        problems.append(f"segment is {segment!r}, expected {expected.segment!r} ('' means absent)")
+    window = window_json(expected.window_start, expected.window_end_exclusive)
+    if document.get("window") != window:
+        problems.append(f"window is {document.get('window')}, expected {window}")
+    return problems
+
+
+class _Findings:
+    """Problems grouped by kind: a few examples each, then a count."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, list[str]] = {}
+
+    def add(self, kind: str, message: str) -> None:
+        self.kinds.setdefault(kind, []).append(message)
+
+    def messages(self) -> list[str]:
+        out = []
+        for messages in self.kinds.values():
+            out.extend(messages[:_EXAMPLES])
+            if len(messages) > _EXAMPLES:
+                out.append(f"... and {len(messages) - _EXAMPLES} more like the above")
+        return out
+
+
+def _payload_problems(document: dict[str, Any], artifact_type: str, caps: Caps) -> list[str]:
+    findings = _Findings()
+    if artifact_type == "popularity":
+        _check_list(findings, "$.items", document["items"], "count", caps.max_items_per_artifact,
+                    "limits.max_items_per_artifact")
+    elif artifact_type == "cooc":
+        _check_rows(findings, "$.neighbors", document["neighbors"], "item_id", "items", "count",
+                    (caps.max_items_per_artifact, "limits.max_items_per_artifact"),
+                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
+                    no_self=True)
+        if caps.min_cooc_support is not None:
+            _check_floor(findings, document["neighbors"], "items", "count", caps.min_cooc_support,
+                         "limits.min_cooc_support", strict=False)
+    elif artifact_type == "implicit":
+        _check_rows(findings, "$.users", document["users"], "user_id", "items", "score",
+                    (caps.max_users, "artifacts.implicit.max_users"),
+                    (caps.max_items_per_user, "limits.max_items_per_user"))
+    elif artifact_type == "content_sim":
+        _check_rows(findings, "$.items", document["items"], "item_id", "similar", "score",
+                    (caps.max_items, "artifacts.content_sim.max_items"),
+                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
+                    no_self=True)
+        for index, row in enumerate(document["items"]):
+            tags = row["tags"]
+            if tags != sorted(tags) or any(tag != tag.strip().lower() for tag in tags):
+                findings.add("tags", f"$.items[{index}].tags {tags} must be trimmed, lower-case"
+                             " and sorted ascending")
+        if caps.min_similarity is not None:
+            _check_floor(findings, document["items"], "similar", "score", caps.min_similarity,
+                         "artifacts.content_sim.min_similarity", strict=True)
+    else:
+        _check_rows(findings, "$.users", document["users"], "user_id", "items", "score",
+                    (caps.max_users, "artifacts.session_seq.max_users"),
+                    (caps.max_items_per_user, "limits.max_items_per_user"))
+        _check_rows(findings, "$.transitions", document["transitions"], "item_id", "items", "score",
+                    (caps.max_items_per_artifact, "limits.max_items_per_artifact"),
+                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
+                    no_self=True)
+    return findings.messages()
+
+
+def _check_rows(
+    findings: _Findings,
+    where: str,
+    rows: list[dict[str, Any]],
+    key: str,
+    list_key: str,
+    value: str,
+    row_cap: tuple[int, str],
+    entry_cap: tuple[int, str],
+    *,
+    no_self: bool = False,
+) -> None:
+    """Row count cap, rows strictly ascending by `key`, then each row's entry list."""
+    cap, name = row_cap
+    if len(rows) > cap:
+        findings.add("row cap", f"{where}: {len(rows)} rows exceed {name} = {cap}")
+    _check_order(findings, where, [row[key] for row in rows], f"{key} ascending, unique")
+    for index, row in enumerate(rows):
+        entries = row[list_key]
+        _check_list(findings, f"{where}[{index}].{list_key}", entries, value, *entry_cap)
+        if no_self and any(entry["item_id"] == row[key] for entry in entries):
+            findings.add("self", f"{where}[{index}]: {row[key]!r} lists itself")
+
+
+def _check_list(
+    findings: _Findings, where: str, entries: list[dict[str, Any]], value: str, cap: int, name: str
+) -> None:
+    if len(entries) > cap:
+        findings.add("entry cap", f"{where}: {len(entries)} entries exceed {name} = {cap}")
+    keys = [(-entry[value], entry["item_id"]) for entry in entries]
+    _check_order(findings, where, keys, f"{value} descending, then item_id ascending, unique ids")
+
+
+def _check_order(findings: _Findings, where: str, keys: list[Any], order: str) -> None:
+    for index in range(1, len(keys)):
+        if not keys[index - 1] < keys[index]:
+            findings.add(
+                "order",
+                f"{where}[{index}]: breaks the order ({order}): {_show(keys[index - 1])}"
+                f" then {_show(keys[index])}",
+            )
+            return
+
+
+def _show(key: Any) -> str:
+    if isinstance(key, tuple):
+        return repr((-key[0], key[1]))
+    return repr(key)
+
+
+def _check_floor(
+    findings: _Findings,
+    rows: Iterable[dict[str, Any]],
+    list_key: str,
+    value: str,
+    floor: float,
+    name: str,
+    *,
+    strict: bool,
+) -> None:
+    below: Callable[[float], bool] = (lambda v: v <= floor) if strict else (lambda v: v < floor)
+    for row in rows:
+        for entry in row[list_key]:
+            if below(entry[value]):
+                relation = "above" if strict else "at least"
+                findings.add(
+                    "floor",
+                    f"{row.get('item_id', row.get('user_id'))!r} -> {entry['item_id']!r}:"
+                    f" {value} {entry[value]} is not {relation} {name} = {floor}",
+                )

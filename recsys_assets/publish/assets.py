@@ -1,0 +1,318 @@
+"""The `publish` asset, the sensor that starts it, and the freshness of "current" (SPEC §5)."""
+
+import datetime as dt
+import time
+
+import dagster as dg
+import orjson
+
+from recsys_assets.artifacts.assets import (
+    artifact_window,
+    caps_for,
+    disabled_reason,
+    expected_for,
+)
+from recsys_assets.artifacts.envelope import window_json
+from recsys_assets.artifacts.staging import ArtifactStore
+from recsys_assets.artifacts.validate import validate_document
+from recsys_assets.config import ARTIFACT_TYPES, AppConfig
+from recsys_assets.partitions import parse_partition_key
+from recsys_assets.publish import protocol
+from recsys_assets.publish.errors import PublishError
+from recsys_assets.publish.resources import PublishTargets
+from recsys_assets.publish.status import status
+
+PUBLISH = dg.AssetKey("publish")
+FRESHNESS = dg.AssetKey("manifest_freshness")
+SENSOR_OVERLAP = 200  # storage ids re-read each tick: commits can land out of order
+
+
+def check_keys(artifact_type: str) -> list[dg.AssetCheckKey]:
+    names = ["valid", "excluded_event_ratio"] if artifact_type == "cooc" else ["valid"]
+    return [dg.AssetCheckKey(dg.AssetKey(artifact_type), name) for name in names]
+
+
+def enabled_types(config: AppConfig, tenant_surface: str) -> list[str]:
+    entry = config.tenant_by_key(tenant_surface)
+    return [
+        t
+        for t in ARTIFACT_TYPES
+        if disabled_reason(config, entry, t, config.artifact_settings(entry, t)) is None
+    ]
+
+
+def readiness(
+    instance: dg.DagsterInstance, config: AppConfig, partition_keys: list[str]
+) -> dict[str, str]:
+    """Per partition: "ready", "waiting" (not built or checked yet) or "failed" (a check failed).
+
+    Ready means every enabled artifact type is materialized and each of its blocking checks'
+    latest result passed and targets the latest materialization. Disabled types don't count.
+    """
+    wanted = {key: enabled_types(config, key.split("|", 1)[1]) for key in partition_keys}
+    keys = sorted({k for types in wanted.values() for t in types for k in check_keys(t)})
+    infos = instance.event_log_storage.get_asset_check_partition_info(
+        keys, partition_keys=partition_keys
+    )
+    by_key = {(info.check_key, info.partition_key): info for info in infos}
+    out = {}
+    for partition_key, types in wanted.items():
+        state = "ready"
+        for check_key in (k for t in types for k in check_keys(t)):
+            info = by_key.get((check_key, partition_key))
+            if info is None or info.latest_materialization_storage_id is None:
+                state = "waiting"
+                continue
+            status_value = info.latest_execution_status.value
+            if not info.is_current or status_value in ("PLANNED", "SKIPPED"):
+                state = "waiting"
+            elif status_value != "SUCCEEDED":
+                state = "failed"
+                break
+        out[partition_key] = state
+    return out
+
+
+def _new_materializations(instance: dg.DagsterInstance, after: int) -> tuple[dict[str, int], int]:
+    """Partition key -> newest materialization storage id, over every artifact type."""
+    touched: dict[str, int] = {}
+    newest = after
+    for artifact_type in ARTIFACT_TYPES:
+        cursor = None
+        while True:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(artifact_type),
+                    after_storage_id=max(0, after - SENSOR_OVERLAP) or None,
+                ),
+                limit=1000,
+                cursor=cursor,
+                ascending=True,
+            )
+            for record in result.records:
+                if record.partition_key is None:
+                    continue
+                touched[record.partition_key] = max(
+                    touched.get(record.partition_key, 0), record.storage_id
+                )
+                newest = max(newest, record.storage_id)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return touched, newest
+
+
+def _latest_storage_id(instance: dg.DagsterInstance) -> int:
+    newest = 0
+    for artifact_type in ARTIFACT_TYPES:
+        result = instance.fetch_materializations(
+            dg.AssetKey(artifact_type), limit=1, ascending=False
+        )
+        if result.records:
+            newest = max(newest, result.records[0].storage_id)
+    return newest
+
+
+def publish_sensor(config: AppConfig) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="publish_sensor",
+        asset_selection=[PUBLISH],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Publishes a partition once every enabled artifact of it is materialized "
+        "and its blocking checks passed. Reads only materializations newer than its cursor.",
+    )
+    def sensor(context: dg.SensorEvaluationContext):
+        if not context.cursor:
+            seed = _latest_storage_id(context.instance)
+            context.update_cursor(orjson.dumps({"after": seed, "pending": {}}).decode())
+            return dg.SkipReason(f"cursor seeded at storage id {seed}")
+        cursor = orjson.loads(context.cursor)
+        touched, newest = _new_materializations(context.instance, cursor["after"])
+        candidates = {**cursor["pending"], **touched}
+        if not candidates:
+            return dg.SkipReason("no new artifact materializations")
+        states = readiness(context.instance, config, sorted(candidates))
+        requests, pending = [], {}
+        for key in sorted(candidates):
+            if states[key] == "ready":
+                requests.append(
+                    dg.RunRequest(
+                        partition_key=key,
+                        run_key=f"publish:{key}:{candidates[key]}",
+                        asset_selection=[PUBLISH],
+                    )
+                )
+            elif states[key] == "waiting":
+                pending[key] = candidates[key]
+        context.update_cursor(orjson.dumps({"after": newest, "pending": pending}).decode())
+        return requests or dg.SkipReason(f"{len(pending)} partitions waiting for checks")
+
+    return sensor
+
+
+def _check_summary(instance: dg.DagsterInstance, artifact_type: str, key: str) -> dict:
+    infos = instance.event_log_storage.get_asset_check_partition_info(
+        check_keys(artifact_type), partition_keys=[key]
+    )
+    return {info.check_key.name: info.latest_execution_status.value.lower() for info in infos}
+
+
+def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
+    @dg.asset(
+        key=PUBLISH,
+        partitions_def=partitions_def,
+        deps=[dg.AssetKey(t) for t in ARTIFACT_TYPES],
+        group_name="publish",
+        description="Publishes the partition's staged artifacts to the object store, records "
+        "them in the registry and swaps the current manifest last, by compare-and-swap.",
+    )
+    def publish(
+        context: dg.AssetExecutionContext,
+        artifact_store: ArtifactStore,
+        publish_targets: PublishTargets,
+    ) -> dg.MaterializeResult:
+        partition = parse_partition_key(context.partition_key)
+        entry = config.tenant(partition.tenant, partition.surface)
+        object_store, registry = publish_targets.stores()
+        started = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
+        outcomes: dict[str, dict] = {}
+        failures: list[str] = []
+        manifest = None
+        for artifact_type in ARTIFACT_TYPES:
+            settings = config.artifact_settings(entry, artifact_type)
+            reason = disabled_reason(config, entry, artifact_type, settings)
+            if reason:
+                outcomes[artifact_type] = {"action": "ignored", "reason": reason}
+                continue
+            window = artifact_window(entry, artifact_type, partition.day, settings.window_days)
+            staged = artifact_store.current(window)
+            if staged is None:
+                failures.append(f"{artifact_type}: nothing staged under {window.prefix}")
+                continue
+            _, blob = staged
+            expected = {
+                "artifact_type": artifact_type,
+                "tenant": entry.tenant,
+                "surface": entry.surface,
+                "window": window_json(window.start, window.end),
+            }
+            if entry.segment:
+                expected["segment"] = entry.segment
+            caps = caps_for(config, artifact_type, settings)
+            try:
+                result = protocol.publish(
+                    registry,
+                    object_store,
+                    blob,
+                    expected=expected,
+                    checks=_check_summary(context.instance, artifact_type, context.partition_key),
+                    now=now,
+                    cas_retries=config.publish.cas_retries,
+                    validate=lambda doc, w=window, c=caps: validate_document(
+                        doc, expected_for(w), c
+                    ),
+                )
+            except PublishError as exc:
+                failures.append(f"{artifact_type}: {exc}")
+                continue
+            manifest = result.manifest or manifest
+            outcomes[artifact_type] = {"action": result.action, "version": result.version}
+            context.log.info(
+                f"{artifact_type} {partition}: {result.action} {result.version[:12]} ({result.uri})"
+            )
+        if failures:
+            raise dg.Failure(
+                description="publish failed for " + "; ".join(failures),
+                metadata={"published": dg.MetadataValue.json(outcomes)},
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "outcomes": dg.MetadataValue.json(outcomes),
+                "manifest": dg.MetadataValue.json(manifest or {}),
+                "manifest_uri": registry.store.uri(
+                    registry.manifest_key(entry.tenant, entry.surface)
+                ),
+                "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
+            }
+        )
+
+    return publish
+
+
+def freshness_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinition):
+    spec = dg.AssetCheckSpec(
+        "fresh",
+        asset=FRESHNESS,
+        description="every current pointer's window ended within publish.freshness_hours",
+        partitions_def=tenant_partitions,
+    )
+
+    @dg.asset(
+        key=FRESHNESS,
+        partitions_def=tenant_partitions,
+        check_specs=[spec],
+        group_name="publish",
+        description="What is current per type for a tenant/surface and how old it is; "
+        "evaluated hourly.",
+    )
+    def manifest_freshness(
+        context: dg.AssetExecutionContext, publish_targets: PublishTargets
+    ) -> dg.MaterializeResult:
+        entry = config.tenant_by_key(context.partition_key)
+        _, registry = publish_targets.stores()
+        rows = status(
+            registry,
+            tenant=entry.tenant,
+            surface=entry.surface,
+            now=dt.datetime.now(dt.UTC),
+            freshness_hours=config.publish.freshness_hours,
+        )
+        stale = [r.artifact_type for r in rows if r.stale]
+        table = {
+            r.artifact_type: {
+                "version": r.version,
+                "window_end": r.window_end,
+                "age_hours": None if r.age_hours is None else round(r.age_hours, 2),
+                "pinned": r.pinned,
+                "stale": r.stale,
+            }
+            for r in rows
+        }
+        message = (
+            f"stale: {', '.join(stale)} (older than {config.publish.freshness_hours}h)"
+            if stale
+            else ("nothing published yet" if not rows else "all current windows are fresh")
+        )
+        return dg.MaterializeResult(
+            metadata={"current": dg.MetadataValue.json(table)},
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="fresh",
+                    passed=bool(rows) and not stale,
+                    description=message,
+                    metadata={"stale_types": len(stale)},
+                )
+            ],
+        )
+
+    return manifest_freshness
+
+
+def freshness_schedule(config: AppConfig, job) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        job=job,
+        cron_schedule="15 * * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        name="freshness_schedule",
+    )
+    def schedule(context: dg.ScheduleEvaluationContext):
+        hour = context.scheduled_execution_time.strftime("%Y-%m-%dT%H")
+        return [
+            dg.RunRequest(partition_key=entry.key, run_key=f"freshness:{entry.key}:{hour}")
+            for entry in config.tenants
+        ]
+
+    return schedule

@@ -1,0 +1,166 @@
+"""The publish protocol (SPEC §5): blob, read-back, record, then the manifest swap, last.
+
+Every step before the swap may fail and leave "current" exactly as it was; the swap is a
+compare-and-swap that keeps the other types' pointers and re-decides after each conflict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from recsys_assets.artifacts.envelope import ARTIFACT_TYPES, verify_blob
+from recsys_assets.config import check_name
+from recsys_assets.publish.errors import BlobInvalid, BlobMismatch
+from recsys_assets.publish.manifest import (
+    build_manifest,
+    parse_rfc3339,
+    rfc3339,
+    version_of_uri,
+)
+from recsys_assets.publish.registry import Registry, blob_key, io_step
+from recsys_assets.storage import Store
+
+PublishAction = Literal["published", "already_current", "older_window_kept", "pinned_kept"]
+EXPECTED_FIELDS = ("artifact_type", "tenant", "surface", "window")
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What a publish did; `manifest` is the one current afterwards (None if there is none)."""
+
+    action: PublishAction
+    version: str
+    uri: str
+    manifest: dict[str, Any] | None
+    record_key: str
+    blob_written: bool
+    record_written: bool
+
+
+def publish(
+    registry: Registry,
+    object_store: Store,
+    blob: bytes,
+    *,
+    expected: Mapping[str, Any],
+    checks: Mapping[str, Any],
+    now: dt.datetime,
+    cas_retries: int,
+    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> PublishResult:
+    """Publish an artifact blob and point its type's manifest entry at it, unless a rule says no.
+
+    `expected` holds envelope fields as the document has them (`artifact_type`, `tenant`,
+    `surface`, `window` = {"start", "end"}, optionally `segment`); the blob must match them.
+    Raises a PublishError (BlobInvalid, BlobMismatch, StoreFailed, CasConflict, ...) on any
+    failure, with the manifest untouched.
+    """
+    document, version = verified_document(blob, expected, validate)
+    artifact_type = document["artifact_type"]
+    tenant, surface = document["tenant"], document["surface"]
+    window = document["window"]
+
+    key = blob_key(tenant, surface, artifact_type, version)
+    uri = object_store.uri(key)
+    with io_step(f"writing blob {uri}"):
+        blob_written = object_store.write_if_absent(key, blob)
+    with io_step(f"reading back blob {uri}"):
+        stored = object_store.read_bytes(key)
+    if stored != blob:
+        raise BlobMismatch(
+            f"{uri} holds {'nothing' if stored is None else 'other bytes'} after writing "
+            f"version {version}; it was not published"
+        )
+    ok, recomputed, problems = verify_blob(stored)
+    if not ok or recomputed != version:
+        raise BlobMismatch(f"{uri} read back does not verify as version {version}: {problems}")
+
+    record = {
+        "version": version,
+        "artifact_type": artifact_type,
+        "tenant": tenant,
+        "surface": surface,
+        "segment": document.get("segment", ""),
+        "window": {"start": window["start"], "end": window["end"]},
+        "source_hash": document["build"].get("source_hash"),
+        "checks": dict(checks),
+        "published_at": rfc3339(now),
+        "uri": uri,
+    }
+    record_written = registry.add_record(record)
+
+    action: PublishAction = "published"
+    new_end = parse_rfc3339(window["end"])
+
+    def swap(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+        nonlocal action
+        current = dict(manifest["current"]) if manifest else {}
+        pointer = current.get(artifact_type)
+        if pointer is not None and version_of_uri(pointer) == version:
+            action = "already_current"
+            return None
+        # Read after the manifest: rollback pins before it swaps, so a manifest that already
+        # shows a rollback always comes with its pin.
+        if artifact_type in registry.pins(tenant, surface):
+            action = "pinned_kept"
+            return None
+        if pointer is not None:
+            held = registry.record(tenant, surface, artifact_type, version_of_uri(pointer))
+            # A pointer without a record (a hand-edited manifest) has no known window to keep.
+            if held is not None and parse_rfc3339(held["window"]["end"]) > new_end:
+                action = "older_window_kept"
+                return None
+        action = "published"
+        current[artifact_type] = uri
+        return build_manifest(tenant, surface, current, rfc3339(now))
+
+    manifest = registry.update_manifest(tenant, surface, swap, retries=cas_retries)
+    return PublishResult(
+        action=action,
+        version=version,
+        uri=uri,
+        manifest=manifest,
+        record_key=registry.record_key(tenant, surface, artifact_type, version),
+        blob_written=blob_written,
+        record_written=record_written,
+    )
+
+
+def verified_document(
+    blob: bytes,
+    expected: Mapping[str, Any],
+    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The blob's document and version, once its version recomputes and it is what is expected.
+
+    Raises BlobInvalid naming every problem found.
+    """
+    missing = [field for field in EXPECTED_FIELDS if field not in expected]
+    if missing:
+        raise ValueError(f"expected must name {', '.join(missing)}; got {sorted(expected)}")
+    ok, version, problems = verify_blob(blob)
+    if not ok or version is None:
+        raise BlobInvalid(f"blob refused: {'; '.join(problems)}")
+    document = orjson.loads(blob)
+    problems = [
+        f"{field} is {document.get(field, '' if field == 'segment' else None)!r}, expected {want!r}"
+        for field, want in expected.items()
+        if document.get(field, "" if field == "segment" else None) != want
+    ]
+    if document.get("artifact_type") not in ARTIFACT_TYPES:
+        problems.append(f"artifact_type {document.get('artifact_type')!r} is not a known type")
+    for kind in ("tenant", "surface"):
+        try:
+            check_name(kind, document.get(kind))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if validate is not None and not problems:
+        problems.extend(validate(document))
+    if problems:
+        raise BlobInvalid(f"blob version {version} refused: {'; '.join(problems)}")
+    return document, version
