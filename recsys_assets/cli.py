@@ -209,8 +209,21 @@ def run_steps(args: argparse.Namespace) -> int:
                 print(f"  {message}", file=sys.stderr)
             break
     if status == EXIT_OK:
-        print(f"outputs under {config.out_dir}")
+        _print_outputs(config, targets, args.command)
     return status
+
+
+def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str) -> None:
+    from recsys_assets.publish.resources import publish_targets
+
+    _, registry = publish_targets(config).stores()
+    print(f"canonical partitions: {config.canonical_location}")
+    if command not in ("ingest", "validate"):
+        print(f"staged artifacts:     {config.artifacts_location}")
+    if command in ("run", "publish"):
+        for entry in targets:
+            key = registry.manifest_key(entry.tenant, entry.surface)
+            print(f"current manifest:     {registry.store.uri(key)}")
 
 
 def _build_catalogs(defs, config: AppConfig, targets: list[TenantSurface], instance) -> int:

@@ -106,9 +106,7 @@ def implicit_payload(
             num_threads=num_threads,
         )
         model.fit(matrix, show_progress=False)
-        ids, raw = model.recommend(
-            kept, matrix[kept], N=candidates, filter_already_liked_items=True
-        )
+        ids, raw = _recommend_unseen(model, matrix, kept, candidates)
 
     user_index, item, score = _ranked(ids, raw, max_items_per_user)
     rows = nest(
@@ -121,6 +119,42 @@ def implicit_payload(
     )
     stats["users_written"] = len(rows)
     return {"users": rows}, stats
+
+
+def _recommend_unseen(
+    model: Any, matrix: sp.csr_matrix, users: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's `n` best unseen items, best first: (item codes, scores), users x n.
+
+    Same result as recommend(..., filter_already_liked_items=True), faster: implicit filters
+    row by row in Python under the GIL, which serializes its threads. Here each user asks
+    for n plus its seen count (rounded up to a power of two, so users group into a few
+    calls) unfiltered, and seen items are dropped with one vectorized lookup.
+    """
+    seen_counts = np.diff(matrix.indptr)[users]
+    extra = 2 ** np.ceil(np.log2(np.maximum(seen_counts, 16))).astype(np.int64)
+    ids = np.zeros((users.size, n), dtype=np.int64)
+    raw = np.full((users.size, n), _FILTERED, dtype=np.float32)
+    n_items = matrix.shape[1]
+    for more in np.unique(extra).tolist():
+        members = np.flatnonzero(extra == more)
+        rows = matrix[users[members]]
+        found, scores = model.recommend(
+            users[members], rows, N=min(n_items, n + more), filter_already_liked_items=False
+        )
+        # (member, item) keys of the seen items are sorted: CSR rows in order, columns sorted.
+        seen_keys = np.repeat(np.arange(members.size), np.diff(rows.indptr)) * n_items + rows.indices
+        keys = np.arange(members.size)[:, None] * n_items + found
+        at = np.minimum(np.searchsorted(seen_keys, keys), max(seen_keys.size - 1, 0))
+        seen = seen_keys[at] == keys if seen_keys.size else np.zeros(keys.shape, dtype=bool)
+        # Unseen first, keeping the score order, then the first n.
+        order = np.argsort(seen, axis=1, kind="stable")[:, :n]
+        width = order.shape[1]
+        ids[members, :width] = np.take_along_axis(found, order, axis=1)
+        raw[members, :width] = np.where(
+            np.take_along_axis(seen, order, axis=1), _FILTERED, np.take_along_axis(scores, order, axis=1)
+        )
+    return ids, raw
 
 
 def _ranked(

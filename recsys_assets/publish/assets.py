@@ -73,10 +73,17 @@ def readiness(
     return out
 
 
-def _new_materializations(instance: dg.DagsterInstance, after: int) -> tuple[dict[str, int], int]:
-    """Partition key -> newest materialization storage id, over every artifact type."""
+def _new_materializations(
+    instance: dg.DagsterInstance, after: int, seen: set[int]
+) -> tuple[dict[str, int], int, set[int]]:
+    """Partition key -> newest unseen materialization storage id, over every artifact type.
+
+    The ids of the last SENSOR_OVERLAP are read again (a commit can land below `after`) and
+    `seen` tells which of them an earlier tick already took; the new `seen` is returned.
+    """
     touched: dict[str, int] = {}
     newest = after
+    now_seen: set[int] = set()
     for artifact_type in ARTIFACT_TYPES:
         cursor = None
         while True:
@@ -90,7 +97,8 @@ def _new_materializations(instance: dg.DagsterInstance, after: int) -> tuple[dic
                 ascending=True,
             )
             for record in result.records:
-                if record.partition_key is None:
+                now_seen.add(record.storage_id)
+                if record.partition_key is None or record.storage_id in seen:
                     continue
                 touched[record.partition_key] = max(
                     touched.get(record.partition_key, 0), record.storage_id
@@ -99,7 +107,7 @@ def _new_materializations(instance: dg.DagsterInstance, after: int) -> tuple[dic
             if not result.has_more:
                 break
             cursor = result.cursor
-    return touched, newest
+    return touched, newest, {i for i in now_seen if i > newest - SENSOR_OVERLAP}
 
 
 def _latest_storage_id(instance: dg.DagsterInstance) -> int:
@@ -125,12 +133,18 @@ def publish_sensor(config: AppConfig) -> dg.SensorDefinition:
     def sensor(context: dg.SensorEvaluationContext):
         if not context.cursor:
             seed = _latest_storage_id(context.instance)
-            context.update_cursor(orjson.dumps({"after": seed, "pending": {}}).decode())
+            cursor = {"after": seed, "pending": {}, "seen": []}
+            context.update_cursor(orjson.dumps(cursor).decode())
             return dg.SkipReason(f"cursor seeded at storage id {seed}")
         cursor = orjson.loads(context.cursor)
-        touched, newest = _new_materializations(context.instance, cursor["after"])
+        touched, newest, seen = _new_materializations(
+            context.instance, cursor["after"], set(cursor.get("seen", []))
+        )
         candidates = {**cursor["pending"], **touched}
         if not candidates:
+            context.update_cursor(
+                orjson.dumps({"after": newest, "pending": {}, "seen": sorted(seen)}).decode()
+            )
             return dg.SkipReason("no new artifact materializations")
         states = readiness(context.instance, config, sorted(candidates))
         requests, pending = [], {}
@@ -145,7 +159,9 @@ def publish_sensor(config: AppConfig) -> dg.SensorDefinition:
                 )
             elif states[key] == "waiting":
                 pending[key] = candidates[key]
-        context.update_cursor(orjson.dumps({"after": newest, "pending": pending}).decode())
+        context.update_cursor(
+            orjson.dumps({"after": newest, "pending": pending, "seen": sorted(seen)}).decode()
+        )
         return requests or dg.SkipReason(f"{len(pending)} partitions waiting for checks")
 
     return sensor
@@ -179,7 +195,7 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         now = dt.datetime.now(dt.UTC)
         outcomes: dict[str, dict] = {}
         failures: list[str] = []
-        manifest = None
+        prepared: list[protocol.Prepared] = []
         for artifact_type in ARTIFACT_TYPES:
             settings = config.artifact_settings(entry, artifact_type)
             reason = disabled_reason(config, entry, artifact_type, settings)
@@ -202,31 +218,42 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 expected["segment"] = entry.segment
             caps = caps_for(config, artifact_type, settings)
             try:
-                result = protocol.publish(
-                    registry,
-                    object_store,
-                    blob,
-                    expected=expected,
-                    checks=_check_summary(context.instance, artifact_type, context.partition_key),
-                    now=now,
-                    cas_retries=config.publish.cas_retries,
-                    validate=lambda doc, w=window, c=caps: validate_document(
-                        doc, expected_for(w), c
-                    ),
+                prepared.append(
+                    protocol.prepare(
+                        registry,
+                        object_store,
+                        blob,
+                        expected=expected,
+                        checks=_check_summary(
+                            context.instance, artifact_type, context.partition_key
+                        ),
+                        now=now,
+                        validate=lambda doc, w=window, c=caps: validate_document(
+                            doc, expected_for(w), c
+                        ),
+                    )
                 )
             except PublishError as exc:
                 failures.append(f"{artifact_type}: {exc}")
-                continue
-            manifest = result.manifest or manifest
-            outcomes[artifact_type] = {"action": result.action, "version": result.version}
-            context.log.info(
-                f"{artifact_type} {partition}: {result.action} {result.version[:12]} ({result.uri})"
-            )
-        if failures:
+        if failures:  # all or nothing: "current" moves only when every type is good
             raise dg.Failure(
-                description="publish failed for " + "; ".join(failures),
-                metadata={"published": dg.MetadataValue.json(outcomes)},
+                description="publish failed, current manifest unchanged: " + "; ".join(failures),
+                metadata={"failures": dg.MetadataValue.json(failures)},
             )
+        manifest = None
+        if prepared:
+            try:
+                actions, manifest = protocol.swap(
+                    registry, prepared, now=now, cas_retries=config.publish.cas_retries
+                )
+            except PublishError as exc:
+                raise dg.Failure(description=f"manifest swap failed: {exc}") from exc
+            for item in prepared:
+                action = actions[item.artifact_type]
+                outcomes[item.artifact_type] = {"action": action, "version": item.version}
+                context.log.info(
+                    f"{item.artifact_type} {partition}: {action} {item.version[:12]} ({item.uri})"
+                )
         return dg.MaterializeResult(
             metadata={
                 "outcomes": dg.MetadataValue.json(outcomes),

@@ -42,7 +42,22 @@ class PublishResult:
     record_written: bool
 
 
-def publish(
+@dataclass(frozen=True)
+class Prepared:
+    """An artifact whose blob and record are written and verified: ready for the swap."""
+
+    artifact_type: str
+    tenant: str
+    surface: str
+    version: str
+    uri: str
+    window_end: dt.datetime
+    record_key: str
+    blob_written: bool
+    record_written: bool
+
+
+def prepare(
     registry: Registry,
     object_store: Store,
     blob: bytes,
@@ -50,15 +65,13 @@ def publish(
     expected: Mapping[str, Any],
     checks: Mapping[str, Any],
     now: dt.datetime,
-    cas_retries: int,
     validate: Callable[[dict[str, Any]], list[str]] | None = None,
-) -> PublishResult:
-    """Publish an artifact blob and point its type's manifest entry at it, unless a rule says no.
+) -> Prepared:
+    """Every step before the swap: verify, write the blob, read it back, write the record.
 
     `expected` holds envelope fields as the document has them (`artifact_type`, `tenant`,
     `surface`, `window` = {"start", "end"}, optionally `segment`); the blob must match them.
-    Raises a PublishError (BlobInvalid, BlobMismatch, StoreFailed, CasConflict, ...) on any
-    failure, with the manifest untouched.
+    Raises a PublishError (BlobInvalid, BlobMismatch, StoreFailed, ...); "current" is untouched.
     """
     document, version = verified_document(blob, expected, validate)
     artifact_type = document["artifact_type"]
@@ -93,41 +106,88 @@ def publish(
         "uri": uri,
     }
     record_written = registry.add_record(record)
-
-    action: PublishAction = "published"
-    new_end = parse_rfc3339(window["end"])
-
-    def swap(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
-        nonlocal action
-        current = dict(manifest["current"]) if manifest else {}
-        pointer = current.get(artifact_type)
-        if pointer is not None and version_of_uri(pointer) == version:
-            action = "already_current"
-            return None
-        # Read after the manifest: rollback pins before it swaps, so a manifest that already
-        # shows a rollback always comes with its pin.
-        if artifact_type in registry.pins(tenant, surface):
-            action = "pinned_kept"
-            return None
-        if pointer is not None:
-            held = registry.record(tenant, surface, artifact_type, version_of_uri(pointer))
-            # A pointer without a record (a hand-edited manifest) has no known window to keep.
-            if held is not None and parse_rfc3339(held["window"]["end"]) > new_end:
-                action = "older_window_kept"
-                return None
-        action = "published"
-        current[artifact_type] = uri
-        return build_manifest(tenant, surface, current, rfc3339(now))
-
-    manifest = registry.update_manifest(tenant, surface, swap, retries=cas_retries)
-    return PublishResult(
-        action=action,
+    return Prepared(
+        artifact_type=artifact_type,
+        tenant=tenant,
+        surface=surface,
         version=version,
         uri=uri,
-        manifest=manifest,
+        window_end=parse_rfc3339(window["end"]),
         record_key=registry.record_key(tenant, surface, artifact_type, version),
         blob_written=blob_written,
         record_written=record_written,
+    )
+
+
+def swap(
+    registry: Registry, prepared: list[Prepared], *, now: dt.datetime, cas_retries: int
+) -> tuple[dict[str, PublishAction], dict[str, Any] | None]:
+    """Point every prepared type of one tenant/surface at its version in ONE manifest swap.
+
+    Per type, the no-op rules decide: already current, pinned, or an older window than the
+    current one's. Returns the action per type and the manifest current afterwards.
+    """
+    if not prepared:
+        raise ValueError("nothing to swap")
+    tenant, surface = prepared[0].tenant, prepared[0].surface
+    if any((p.tenant, p.surface) != (tenant, surface) for p in prepared):
+        raise ValueError("one swap covers one tenant/surface")
+    actions: dict[str, PublishAction] = {}
+
+    def change(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+        current = dict(manifest["current"]) if manifest else {}
+        # Read after the manifest: rollback pins before it swaps, so a manifest that already
+        # shows a rollback always comes with its pin.
+        pins = registry.pins(tenant, surface)
+        for item in prepared:
+            pointer = current.get(item.artifact_type)
+            if pointer is not None and version_of_uri(pointer) == item.version:
+                actions[item.artifact_type] = "already_current"
+                continue
+            if item.artifact_type in pins:
+                actions[item.artifact_type] = "pinned_kept"
+                continue
+            if pointer is not None:
+                held = registry.record(tenant, surface, item.artifact_type, version_of_uri(pointer))
+                # A pointer without a record (a hand-edited manifest) has no window to keep.
+                if held is not None and parse_rfc3339(held["window"]["end"]) > item.window_end:
+                    actions[item.artifact_type] = "older_window_kept"
+                    continue
+            actions[item.artifact_type] = "published"
+            current[item.artifact_type] = item.uri
+        if all(action != "published" for action in actions.values()):
+            return None
+        return build_manifest(tenant, surface, current, rfc3339(now))
+
+    manifest = registry.update_manifest(tenant, surface, change, retries=cas_retries)
+    return actions, manifest
+
+
+def publish(
+    registry: Registry,
+    object_store: Store,
+    blob: bytes,
+    *,
+    expected: Mapping[str, Any],
+    checks: Mapping[str, Any],
+    now: dt.datetime,
+    cas_retries: int,
+    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> PublishResult:
+    """Publish one artifact blob and point its type's manifest entry at it, unless a rule
+    says no (see `prepare` and `swap`). Raises a PublishError with "current" untouched."""
+    item = prepare(
+        registry, object_store, blob, expected=expected, checks=checks, now=now, validate=validate
+    )
+    actions, manifest = swap(registry, [item], now=now, cas_retries=cas_retries)
+    return PublishResult(
+        action=actions[item.artifact_type],
+        version=item.version,
+        uri=item.uri,
+        manifest=manifest,
+        record_key=item.record_key,
+        blob_written=item.blob_written,
+        record_written=item.record_written,
     )
 
 
