@@ -246,6 +246,8 @@ def es6_number(value: float) -> str:
 
 def _jcs_numbers(text: bytes) -> bytes:
     """Rewrite the float tokens of compact JSON `text` whose form differs from JCS."""
+    if text[:1] in b"-0123456789":  # a bare number: the whole text is the token
+        return es6_number(float(text)).encode() if b"." in text or b"e" in text else text
     if not any(marker in text for marker in _MARKERS):
         return text
     spans: list[tuple[int, int]] = []

@@ -6,6 +6,9 @@ point, which is also polars' byte order for UTF-8 strings), so the bytes are rep
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -75,16 +78,32 @@ def nest(
 
     `groups`, `item_ids` and `values` are parallel; equal groups are consecutive.
     """
-    entries = [
-        {"item_id": item_id, value_key: value}
-        for item_id, value in zip(item_ids, values, strict=True)
-    ]
     runs = groups.rle()
-    rows = []
-    start = 0
-    for group, length in zip(
-        runs.struct.field("value").to_list(), runs.struct.field("len").to_list(), strict=True
-    ):
-        rows.append({row_key: group, list_key: entries[start : start + length]})
-        start += length
+    with gc_paused():
+        entries = [
+            {"item_id": item_id, value_key: value}
+            for item_id, value in zip(item_ids, values, strict=True)
+        ]
+        rows = []
+        start = 0
+        for group, length in zip(
+            runs.struct.field("value").to_list(), runs.struct.field("len").to_list(), strict=True
+        ):
+            rows.append({row_key: group, list_key: entries[start : start + length]})
+            start += length
     return rows
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building millions of acyclic dicts.
+
+    Each collection would walk every object built so far; nothing built here is cyclic.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
