@@ -34,8 +34,10 @@ STEP_COMMANDS = {
         for name in ARTIFACT_TYPES
     },
     "publish": (("publish",), "publish each day's staged artifacts and swap the manifest"),
+    "db-signals": (("db_signals",), "write each day's popularity/co-occurrence signals to db"),
 }
 REGISTRY_COMMANDS = ("rollback", "unpin", "status")
+CATALOG_HELP = "parse each tenant/surface's item catalog and write item_tags (when db is set)"
 
 
 class UsageError(Exception):
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recsys-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("version", help="print the version")
+    cmd = sub.add_parser("catalog", help=CATALOG_HELP, description=CATALOG_HELP)
+    cmd.add_argument("--config", help="config JSON")
+    cmd.add_argument("--tenant")
+    cmd.add_argument("--surface")
     for name in REGISTRY_COMMANDS:
         cmd = sub.add_parser(name, help=REGISTRY_HELP[name], description=REGISTRY_HELP[name])
         cmd.add_argument("--config", help="config JSON")
@@ -220,6 +226,12 @@ def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str
     print(f"canonical partitions: {config.canonical_location}")
     if command not in ("ingest", "validate"):
         print(f"staged artifacts:     {config.artifacts_location}")
+    if config.db.dsn and command in ("run", "db-signals", "catalog"):
+        from recsys_assets.signals.db import describe_dsn, resolve_dsn
+
+        dsn = resolve_dsn(config.db.dsn, config.out_dir)
+        where = dsn if config.db.dsn == "embedded" else describe_dsn(dsn)
+        print(f"signals database:     psql '{where}'")
     if command in ("run", "publish"):
         for entry in targets:
             key = registry.manifest_key(entry.tenant, entry.surface)
@@ -243,6 +255,18 @@ def _build_catalogs(defs, config: AppConfig, targets: list[TenantSurface], insta
             return EXIT_FAILED
         print(f"{entry.tenant}/{entry.surface} catalog: ok", flush=True)
     return EXIT_OK
+
+
+def catalog_command(args: argparse.Namespace) -> int:
+    from recsys_assets.graph import build_definitions
+    from recsys_assets.runner import default_instance
+
+    config = load_config(args.config)
+    targets = [t for t in _targets(config, args.tenant, args.surface) if config.catalog_for(t)]
+    if not targets:
+        print("no catalog is configured for the selected tenant/surfaces")
+        return EXIT_OK
+    return _build_catalogs(build_definitions(config), config, targets, default_instance())
 
 
 def registry_command(args: argparse.Namespace) -> int:
@@ -324,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command in REGISTRY_COMMANDS:
             return registry_command(args)
+        if args.command == "catalog":
+            return catalog_command(args)
         return run_steps(args)
     except UsageError as exc:
         print(f"recsys-assets: usage error: {exc}", file=sys.stderr)

@@ -9,11 +9,12 @@ from dagster._utils.warnings import BetaWarning, PreviewWarning
 
 from recsys_assets.artifacts.assets import AGGREGATES, CATALOG, SPECS, build_artifact_assets
 from recsys_assets.artifacts.staging import ArtifactStore
-from recsys_assets.config import ARTIFACT_TYPES, AppConfig
+from recsys_assets.config import ARTIFACT_TYPES, AppConfig, ConfigError
 from recsys_assets.events.assets import CANONICAL, canonical_asset, canonical_checks
-from recsys_assets.events.sources import FilesystemEventSource
+from recsys_assets.events.remote_sources import PostgresEventSource, S3EventSource
+from recsys_assets.events.sources import FilesystemEventSource, RawEventSource
 from recsys_assets.events.store import CanonicalStore
-from recsys_assets.locations import s3_settings
+from recsys_assets.locations import s3_settings, s3_settings_of
 from recsys_assets.partitions import daily_partitions, tenant_surface_partitions
 from recsys_assets.publish.assets import (
     FRESHNESS,
@@ -24,6 +25,14 @@ from recsys_assets.publish.assets import (
     publish_sensor,
 )
 from recsys_assets.publish.resources import publish_targets
+from recsys_assets.signals.assets import (
+    DB_SIGNALS,
+    ITEM_TAGS,
+    db_signals_asset,
+    item_tags_asset,
+    signal_database,
+)
+from recsys_assets.signals.db import resolve_dsn
 
 DAILY_JOB = "recsys_daily"
 
@@ -32,12 +41,39 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 warnings.filterwarnings("ignore", category=BetaWarning)
 
 
+def raw_event_source(config: AppConfig) -> RawEventSource:
+    """The backend `raw_source.type` names (SPEC §2)."""
+    source = config.raw_source
+    if source.type == "fs":
+        return FilesystemEventSource(dir=str(source.dir))
+    if source.type == "s3":
+        connection = source.s3
+        if connection is None or not connection.bucket:
+            raise ConfigError("raw_source.type is s3 but raw_source.s3.bucket is not set")
+        own = connection.endpoint or connection.access_key
+        return S3EventSource(
+            bucket=connection.bucket,
+            prefix=connection.prefix,
+            s3=s3_settings_of(connection) if own else s3_settings(config),
+        )
+    dsn = source.postgres.dsn
+    if not dsn:
+        raise ConfigError(
+            "raw_source.type is postgres but neither raw_source.postgres.dsn nor db.dsn is set"
+        )
+    return PostgresEventSource(
+        dsn=resolve_dsn(dsn, config.out_dir) if dsn == "embedded" else dsn,
+        tenant_table=source.postgres.tenant_table,
+        exposure_table=source.postgres.exposure_table,
+        statement_timeout_s=config.db.statement_timeout_s,
+    )
+
+
 def build_resources(config: AppConfig) -> dict[str, object]:
-    if config.raw_source.type != "fs":
-        raise NotImplementedError(f"raw_source.type {config.raw_source.type!r} is not built yet")
     s3 = s3_settings(config)
     return {
-        "raw_source": FilesystemEventSource(dir=str(config.raw_source.dir)),
+        "raw_source": raw_event_source(config),
+        "signal_db": signal_database(config),
         "canonical_store": CanonicalStore(location=config.canonical_location, s3=s3),
         "artifact_store": ArtifactStore(location=config.artifacts_location, s3=s3),
         "publish_targets": publish_targets(config),
@@ -53,6 +89,8 @@ def build_assets(config: AppConfig) -> list[dg.AssetsDefinition | dg.AssetChecks
         canonical_checks(config, daily),
         *build_artifact_assets(config, daily, per_tenant),
         publish_asset(config, daily),
+        db_signals_asset(config, daily),
+        item_tags_asset(config, per_tenant),
         freshness_asset(config, per_tenant),
     ]
 
@@ -62,7 +100,7 @@ def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     canonical = dg.AssetSelection.assets(CANONICAL)
     return {
         DAILY_JOB: (
-            dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES),
+            dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES, DB_SIGNALS),
             "Every asset of one UTC day for one tenant/surface, up to staged, checked "
             "artifacts; the publish sensor takes it from there.",
         ),
@@ -79,7 +117,14 @@ def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
             for name in SPECS
         },
         "publish": (dg.AssetSelection.assets(PUBLISH), "Publish a day's staged artifacts."),
-        "catalog": (dg.AssetSelection.assets(CATALOG), "Parse a tenant/surface's item catalog."),
+        "catalog": (
+            dg.AssetSelection.assets(CATALOG, ITEM_TAGS),
+            "Parse a tenant/surface's item catalog and write it to item_tags.",
+        ),
+        "db_signals": (
+            dg.AssetSelection.assets(AGGREGATES, DB_SIGNALS),
+            "Write a day's popularity and co-occurrence signals to PostgreSQL.",
+        ),
         "freshness": (
             dg.AssetSelection.assets(FRESHNESS),
             "How old each current pointer of a tenant/surface is.",

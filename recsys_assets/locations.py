@@ -41,9 +41,11 @@ class LocationResource(dg.ConfigurableResource):
 
 
 def s3_settings(config: AppConfig) -> S3Settings | None:
-    s3 = config.object_store.s3
-    if s3 is None:
-        return None
+    """The connection every `s3://` location uses: `object_store.s3`."""
+    return s3_settings_of(config.object_store.s3) if config.object_store.s3 else None
+
+
+def s3_settings_of(s3: S3Connection) -> S3Settings:
     return S3Settings(
         endpoint=s3.endpoint,
         access_key=s3.access_key,

@@ -47,8 +47,15 @@ def as_dict(frame: pl.DataFrame) -> dict:
     return {tuple(row[:-1]): row[-1] for row in frame.select(*keys, value).iter_rows()}
 
 
-SAMPLE = events_frame([(0, "s1", "A", None), (1, "s1", "B", None), (2, "s2", "A", None),
-                       (3, "s2", "C", None), (4, "s3", "D", None)])  # fmt: skip
+SAMPLE = events_frame(
+    [
+        (0, "s1", "A", None),
+        (1, "s1", "B", None),
+        (2, "s2", "A", None),
+        (3, "s2", "C", None),
+        (4, "s3", "D", None),
+    ]
+)
 
 
 def test_sample_counts_and_pairs():
@@ -59,36 +66,60 @@ def test_sample_counts_and_pairs():
     assert aggregates["item_counts"].rows() == [("A", 2), ("B", 1), ("C", 1), ("D", 1)]
     assert aggregates["cooc_pairs"].rows() == [("A", "B", 1), ("A", "C", 1)]
     assert aggregates["cooc_stats"].row(0, named=True) == {
-        "sessions": 3, "events": 5, "excluded_sessions": 0, "excluded_events": 0,
-    }  # fmt: skip
+        "sessions": 3,
+        "events": 5,
+        "excluded_sessions": 0,
+        "excluded_events": 0,
+    }
     assert aggregates["user_item_counts"].is_empty()
 
 
 def test_a_pair_counts_once_per_session_and_crawlers_are_left_out():
     events = events_frame(
-        [(0, "s1", "A", None), (1, "s1", "B", None), (2, "s1", "A", None), (3, "s1", "B", None),
-         (4, "s2", "A", None), (5, "s2", "B", None),
-         (6, "bot", "A", None), (7, "bot", "B", None), (8, "bot", "C", None), (9, "bot", "C", None)]
-    )  # fmt: skip
+        [
+            (0, "s1", "A", None),
+            (1, "s1", "B", None),
+            (2, "s1", "A", None),
+            (3, "s1", "B", None),
+            (4, "s2", "A", None),
+            (5, "s2", "B", None),
+            (6, "bot", "A", None),
+            (7, "bot", "B", None),
+            (8, "bot", "C", None),
+            (9, "bot", "C", None),
+        ]
+    )
     aggregates = daily_aggregates(events, max_items_per_session=2)
     assert aggregates["cooc_pairs"].rows() == [("A", "B", 2)]
     assert aggregates["cooc_stats"].row(0, named=True) == {
-        "sessions": 3, "events": 10, "excluded_sessions": 1, "excluded_events": 4,
-    }  # fmt: skip
+        "sessions": 3,
+        "events": 10,
+        "excluded_sessions": 1,
+        "excluded_events": 4,
+    }
     assert as_dict(aggregates["item_counts"]) == {("A",): 4, ("B",): 4, ("C",): 2}
 
 
 def test_user_transitions_follow_time_across_sessions_and_count_repeats():
     events = events_frame(
-        [(0, "s1", "A", "u1"), (1, "s1", "B", "u1"), (2, "x", "Z", None), (5, "s2", "B", "u1"),
-         (6, "s2", "C", "u1"), (7, "s3", "C", "u2")]
-    )  # fmt: skip
+        [
+            (0, "s1", "A", "u1"),
+            (1, "s1", "B", "u1"),
+            (2, "x", "Z", None),
+            (5, "s2", "B", "u1"),
+            (6, "s2", "C", "u1"),
+            (7, "s3", "C", "u2"),
+        ]
+    )
     aggregates = daily_aggregates(events)
     # u1: A -> B -> B -> C adds 1 to B twice and to C once; u2 has a single event.
     assert aggregates["user_transitions"].rows() == [("u1", "B", 2), ("u1", "C", 1)]
     assert aggregates["user_item_counts"].rows() == [
-        ("u1", "A", 1), ("u1", "B", 2), ("u1", "C", 1), ("u2", "C", 1),
-    ]  # fmt: skip
+        ("u1", "A", 1),
+        ("u1", "B", 2),
+        ("u1", "C", 1),
+        ("u2", "C", 1),
+    ]
 
 
 def test_same_timestamp_events_keep_the_canonical_rank_order():
@@ -113,18 +144,30 @@ def test_same_timestamp_events_keep_the_canonical_rank_order():
 
 def test_item_transitions_weigh_one_over_gap_within_sessions_without_self():
     events = events_frame(
-        [(0, "s1", "A", None), (1, "s1", "B", None), (2, "s1", "C", None), (3, "s1", "A", None),
-         (4, "s2", "C", None), (5, "s2", "B", None)]
-    )  # fmt: skip
+        [
+            (0, "s1", "A", None),
+            (1, "s1", "B", None),
+            (2, "s1", "C", None),
+            (3, "s1", "A", None),
+            (4, "s2", "C", None),
+            (5, "s2", "B", None),
+        ]
+    )
     weights = {
         key: units / TRANSITION_UNIT
-        for key, units in as_dict(daily_aggregates(events, transition_window=3)["item_transitions"]).items()
+        for key, units in as_dict(
+            daily_aggregates(events, transition_window=3)["item_transitions"]
+        ).items()
     }
     # s1 = A B C A: gap 1 A>B B>C C>A, gap 2 A>C B>A, gap 3 A>A (self, left out); s2 = C B.
     assert weights == {
-        ("A", "B"): 1.0, ("A", "C"): 0.5, ("B", "A"): 0.5, ("B", "C"): 1.0,
-        ("C", "A"): 1.0, ("C", "B"): 1.0,
-    }  # fmt: skip
+        ("A", "B"): 1.0,
+        ("A", "C"): 0.5,
+        ("B", "A"): 0.5,
+        ("B", "C"): 1.0,
+        ("C", "A"): 1.0,
+        ("C", "B"): 1.0,
+    }
     narrow = as_dict(daily_aggregates(events, transition_window=1)["item_transitions"])
     assert set(narrow) == {("A", "B"), ("B", "C"), ("C", "A"), ("C", "B")}
 
@@ -139,7 +182,9 @@ def test_empty_day_gives_empty_frames_and_a_zero_stats_row():
 
 def test_merge_sums_days_by_key():
     day1 = daily_aggregates(SAMPLE)
-    day2 = daily_aggregates(events_frame([(0, "t1", "A", "u1"), (1, "t1", "B", "u1"), (2, "t2", "E", None)]))
+    day2 = daily_aggregates(
+        events_frame([(0, "t1", "A", "u1"), (1, "t1", "B", "u1"), (2, "t2", "E", None)])
+    )
     merged = {kind: merge_aggregates(kind, [day1[kind], day2[kind]]) for kind in AGGREGATE_KINDS}
     assert merged["item_counts"].rows() == [("A", 3), ("B", 2), ("C", 1), ("D", 1), ("E", 1)]
     assert merged["cooc_pairs"].rows() == [("A", "B", 2), ("A", "C", 1)]
@@ -204,7 +249,9 @@ def test_pair_counts_equal_a_brute_force_count_and_are_deterministic(rows, cut_o
 @given(event_rows, event_rows)
 def test_merging_days_equals_one_pass_when_no_session_crosses_midnight(first, second):
     # Day two's sessions get their own names, so no session spans both days.
-    second = [(minute + 24 * 60, f"d2-{session}", item, user) for minute, session, item, user in second]
+    second = [
+        (minute + 24 * 60, f"d2-{session}", item, user) for minute, session, item, user in second
+    ]
     days = [daily_aggregates(events_frame(rows)) for rows in (first, second)]
     whole = daily_aggregates(events_frame(first + second))
     for kind in ("item_counts", "cooc_pairs", "cooc_stats", "user_item_counts", "item_transitions"):

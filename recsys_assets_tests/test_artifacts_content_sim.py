@@ -28,17 +28,17 @@ def catalog(rows: list[tuple[str, list[str] | None, str | None]]) -> pl.DataFram
 
 def test_csv_catalog_with_aliases_separators_and_rejects():
     data = (
-        "ID,Tag_List,PRICE,created_at,Surface,color\n"
-        'a,"Red, Shoes",10.5,2026-01-01T02:00:00+02:00,,blue\n'
-        "b,red|boots,abc,,,\n"
-        "\n"
-        "c,blue; shoes ;,,,home,\n"
-        "d,,,,,\n"
-        "a,again,,,,\n"
-        "a,same id other namespace,,,web,\n"
-        "f,red,1,2026-13-01T00:00:00Z,,\n"
-        "g,too,many,fields,,,,\n"
-    ).encode()
+        b"ID,Tag_List,PRICE,created_at,Surface,color\n"
+        b'a,"Red, Shoes",10.5,2026-01-01T02:00:00+02:00,,blue\n'
+        b"b,red|boots,abc,,,\n"
+        b"\n"
+        b"c,blue; shoes ;,,,home,\n"
+        b"d,,,,,\n"
+        b"a,again,,,,\n"
+        b"a,same id other namespace,,,web,\n"
+        b"f,red,1,2026-13-01T00:00:00Z,,\n"
+        b"g,too,many,fields,,,,\n"
+    )
     frame, rejects = parse_catalog(data, "csv")
     assert dict(frame.schema) == CATALOG_SCHEMA
     assert frame.rows() == [
@@ -95,7 +95,13 @@ def test_jsonl_catalog():
 
 def test_hand_computed_tfidf_cosine():
     payload, stats = content_sim_payload(
-        catalog([("a", ["red", "shoes"], None), ("b", ["Red ", "boots", "red"], None), ("c", ["blue"], None)]),
+        catalog(
+            [
+                ("a", ["red", "shoes"], None),
+                ("b", ["Red ", "boots", "red"], None),
+                ("c", ["blue"], None),
+            ]
+        ),
         surface="home",
     )
     # n = 3, idf = ln(4 / (1 + df)) + 1: red (df 2) and shoes/boots (df 1). a and b share red.
@@ -103,15 +109,25 @@ def test_hand_computed_tfidf_cosine():
     cosine = round(red**2 / (red**2 + single**2), 6)
     assert payload == {
         "items": [
-            {"item_id": "a", "tags": ["red", "shoes"], "similar": [{"item_id": "b", "score": cosine}]},
-            {"item_id": "b", "tags": ["boots", "red"], "similar": [{"item_id": "a", "score": cosine}]},
+            {
+                "item_id": "a",
+                "tags": ["red", "shoes"],
+                "similar": [{"item_id": "b", "score": cosine}],
+            },
+            {
+                "item_id": "b",
+                "tags": ["boots", "red"],
+                "similar": [{"item_id": "a", "score": cosine}],
+            },
             {"item_id": "c", "tags": ["blue"], "similar": []},
         ]
     }
     assert stats["tags"] == 4 and stats["similar_written"] == 2
     # "Above" the threshold: a score equal to it is left out.
     strict, _ = content_sim_payload(
-        catalog([("a", ["red", "shoes"], None), ("b", ["red", "boots"], None), ("c", ["blue"], None)]),
+        catalog(
+            [("a", ["red", "shoes"], None), ("b", ["red", "boots"], None), ("c", ["blue"], None)]
+        ),
         surface="home",
         min_similarity=cosine,
     )
@@ -128,13 +144,24 @@ def test_namespace_rules_untagged_items_and_the_item_cap():
         ("e", ["  ", None], "home"),  # only blank tags: skipped
         ("f", ["z"], None),
     ]
-    payload, stats = content_sim_payload(catalog(rows), surface="home", min_similarity=0.0, max_items=2)
+    payload, stats = content_sim_payload(
+        catalog(rows), surface="home", min_similarity=0.0, max_items=2
+    )
     assert [item["item_id"] for item in payload["items"]] == ["b", "c"]
-    assert payload["items"][0] == {"item_id": "b", "tags": ["z"], "similar": [{"item_id": "c", "score": 1}]}
+    assert payload["items"][0] == {
+        "item_id": "b",
+        "tags": ["z"],
+        "similar": [{"item_id": "c", "score": 1}],
+    }
     assert stats == {
-        "catalog_rows": 7, "other_namespace_rows": 1, "items_without_tags": 2, "items": 3,
-        "items_written": 2, "tags": 1, "similar_written": 2,
-    }  # fmt: skip
+        "catalog_rows": 7,
+        "other_namespace_rows": 1,
+        "items_without_tags": 2,
+        "items": 3,
+        "items_written": 2,
+        "tags": 1,
+        "similar_written": 2,
+    }
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -146,15 +173,20 @@ def test_matches_scikit_learn_tfidf_cosine(seed):
         for n in range(80)
     ]
     k, floor = 5, 0.2
-    payload, _ = content_sim_payload(catalog(rows), surface="home", max_neighbors_per_item=k,
-                                     min_similarity=floor)  # fmt: skip
+    payload, _ = content_sim_payload(
+        catalog(rows), surface="home", max_neighbors_per_item=k, min_similarity=floor
+    )
 
     ids = [row[0] for row in rows]
     vectors = TfidfVectorizer(analyzer=lambda tags: tags).fit_transform([row[1] for row in rows])
     cosine = np.round((vectors @ vectors.T).toarray(), 6)
     for index, item in enumerate(payload["items"]):
         assert item["item_id"] == ids[index]
-        candidates = [(-cosine[index, j], ids[j]) for j in range(len(ids)) if j != index and cosine[index, j] > floor]
+        candidates = [
+            (-cosine[index, j], ids[j])
+            for j in range(len(ids))
+            if j != index and cosine[index, j] > floor
+        ]
         expected = [(item_id, -score) for score, item_id in sorted(candidates)[:k]]
         got = [(entry["item_id"], entry["score"]) for entry in item["similar"]]
         assert [g[0] for g in got] == [e[0] for e in expected]

@@ -38,7 +38,9 @@ def events_frame(rows: list[tuple[str, str]]) -> pl.DataFrame:
 
 
 def cooc(rows, **caps):
-    aggregates = daily_aggregates(events_frame(rows), max_items_per_session=caps.pop("cut_off", 200))
+    aggregates = daily_aggregates(
+        events_frame(rows), max_items_per_session=caps.pop("cut_off", 200)
+    )
     return cooc_payload(
         aggregates["cooc_pairs"], aggregates["cooc_stats"], aggregates["item_counts"], **caps
     )
@@ -84,7 +86,15 @@ def test_cooc_caps_keep_the_most_exposed_anchors_and_the_top_neighbors():
 
 
 def test_cooc_support_filter_and_count_order():
-    rows = [("s1", "A"), ("s1", "B"), ("s1", "C"), ("s2", "A"), ("s2", "C"), ("s3", "C"), ("s3", "A")]
+    rows = [
+        ("s1", "A"),
+        ("s1", "B"),
+        ("s1", "C"),
+        ("s2", "A"),
+        ("s2", "C"),
+        ("s3", "C"),
+        ("s3", "A"),
+    ]
     payload, stats = cooc(rows, min_cooc_support=2)
     assert payload == {
         "neighbors": [
@@ -94,12 +104,20 @@ def test_cooc_support_filter_and_count_order():
     }
     assert stats["pairs"] == 1
     full, _ = cooc(rows)
-    assert full["neighbors"][0]["items"] == [{"item_id": "C", "count": 3}, {"item_id": "B", "count": 1}]
+    assert full["neighbors"][0]["items"] == [
+        {"item_id": "C", "count": 3},
+        {"item_id": "B", "count": 1},
+    ]
 
 
 def test_exposed_items_without_neighbors_do_not_take_rows():
     # X is the most exposed item but never shares a session: the cap goes to paired items.
-    rows = [(f"x{n}", "X") for n in range(10)] + [("s1", "A"), ("s1", "B"), ("s2", "A"), ("s2", "C")]
+    rows = [(f"x{n}", "X") for n in range(10)] + [
+        ("s1", "A"),
+        ("s1", "B"),
+        ("s2", "A"),
+        ("s2", "C"),
+    ]
     payload, _ = cooc(rows, max_items_per_artifact=2)
     assert [row["item_id"] for row in payload["neighbors"]] == ["A", "B"]
 
@@ -119,7 +137,9 @@ def test_cooc_needs_merged_stats():
     with pytest.raises(ValueError, match="cooc_stats must have one row"):
         cooc_payload(aggregates["cooc_pairs"], two_rows, aggregates["item_counts"])
     merged = merge_aggregates("cooc_stats", [aggregates["cooc_stats"]] * 2)
-    assert cooc_payload(aggregates["cooc_pairs"], merged, aggregates["item_counts"])[1]["events"] == 10
+    assert (
+        cooc_payload(aggregates["cooc_pairs"], merged, aggregates["item_counts"])[1]["events"] == 10
+    )
 
 
 sessions = st.lists(
@@ -135,9 +155,16 @@ def sorted_by_count_then_id(entries) -> bool:
 
 @settings(max_examples=120, deadline=None)
 @given(sessions, st.integers(1, 4), st.integers(1, 5), st.integers(1, 2))
-def test_cooc_is_symmetric_before_caps_and_caps_keep_prefixes(rows, rows_cap, neighbors_cap, support):
-    full, _ = cooc(rows, min_cooc_support=support, max_items_per_artifact=100, max_neighbors_per_item=100)
-    lists = {row["item_id"]: {e["item_id"]: e["count"] for e in row["items"]} for row in full["neighbors"]}
+def test_cooc_is_symmetric_before_caps_and_caps_keep_prefixes(
+    rows, rows_cap, neighbors_cap, support
+):
+    full, _ = cooc(
+        rows, min_cooc_support=support, max_items_per_artifact=100, max_neighbors_per_item=100
+    )
+    lists = {
+        row["item_id"]: {e["item_id"]: e["count"] for e in row["items"]}
+        for row in full["neighbors"]
+    }
     brute: Counter = Counter()
     for items in pl.DataFrame(rows, schema=["s", "i"], orient="row").group_by("s").agg("i")["i"]:
         brute.update(itertools.combinations(sorted(set(items)), 2))
@@ -150,8 +177,12 @@ def test_cooc_is_symmetric_before_caps_and_caps_keep_prefixes(rows, rows_cap, ne
     for anchor, neighbors in lists.items():
         assert all(lists[neighbor][anchor] == count for neighbor, count in neighbors.items())
 
-    capped, _ = cooc(rows, min_cooc_support=support, max_items_per_artifact=rows_cap,
-                     max_neighbors_per_item=neighbors_cap)  # fmt: skip
+    capped, _ = cooc(
+        rows,
+        min_cooc_support=support,
+        max_items_per_artifact=rows_cap,
+        max_neighbors_per_item=neighbors_cap,
+    )
     anchors = [row["item_id"] for row in capped["neighbors"]]
     assert anchors == sorted(anchors) and len(anchors) == min(rows_cap, len(expected))
     exposure = Counter(item for _, item in rows)

@@ -34,8 +34,12 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 json_values = st.recursive(
     st.none() | st.booleans() | finite | st.integers(-(2**53) + 1, 2**53 - 1) | text,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(st.characters(max_codepoint=0x7F), max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(max_codepoint=0x7F), max_size=6), children, max_size=4
+        )
+    ),
     max_leaves=25,
 )
 
@@ -54,7 +58,15 @@ def _payload() -> dict:
 
 def test_document_fields_follow_the_spec_order_and_omit_an_empty_segment():
     document = build_document(
-        "popularity", "demo", "home", "", date(2026, 1, 1), date(2026, 1, 2), _payload(), HASH, BUILT
+        "popularity",
+        "demo",
+        "home",
+        "",
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+        _payload(),
+        HASH,
+        BUILT,
     )
     assert list(document) == ["v", "artifact_type", "tenant", "surface", "window", "items", "build"]
     assert document["window"] == {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
@@ -62,7 +74,15 @@ def test_document_fields_follow_the_spec_order_and_omit_an_empty_segment():
     blob = serialize(document)
     assert blob.startswith(b'{"v":1,"artifact_type":"popularity","tenant":"demo","surface":"home",')
     with_segment = build_document(
-        "popularity", "demo", "home", "vip", date(2026, 1, 1), date(2026, 1, 8), _payload(), HASH, BUILT
+        "popularity",
+        "demo",
+        "home",
+        "vip",
+        date(2026, 1, 1),
+        date(2026, 1, 8),
+        _payload(),
+        HASH,
+        BUILT,
     )
     assert list(with_segment)[4:6] == ["segment", "window"]
     assert with_segment["build"]["version"] != document["build"]["version"]
@@ -70,24 +90,46 @@ def test_document_fields_follow_the_spec_order_and_omit_an_empty_segment():
 
 def test_version_is_sha256_of_rfc8785_without_build_and_ignores_built_at():
     document = build_document(
-        "popularity", "demo", "home", "", date(2026, 1, 1), date(2026, 1, 2), _payload(), HASH, BUILT
+        "popularity",
+        "demo",
+        "home",
+        "",
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+        _payload(),
+        HASH,
+        BUILT,
     )
     unbuilt = {key: value for key, value in document.items() if key != "build"}
     expected = hashlib.sha256(rfc8785.dumps(unbuilt)).hexdigest()
     assert document["build"]["version"] == expected
     later = build_document(
-        "popularity", "demo", "home", "", date(2026, 1, 1), date(2026, 1, 2), _payload(), HASH,
+        "popularity",
+        "demo",
+        "home",
+        "",
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+        _payload(),
+        HASH,
         "2027-01-01T00:00:00Z",
-    )  # fmt: skip
+    )
     assert later["build"]["version"] == expected
     assert serialize(later) != serialize(document)
 
 
 def test_verify_blob_recomputes_and_detects_tampering():
     document = build_document(
-        "cooc", "demo", "home", "", date(2026, 1, 1), date(2026, 1, 2),
-        {"neighbors": [{"item_id": "A", "items": [{"item_id": "B", "count": 1}]}]}, HASH, BUILT,
-    )  # fmt: skip
+        "cooc",
+        "demo",
+        "home",
+        "",
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+        {"neighbors": [{"item_id": "A", "items": [{"item_id": "B", "count": 1}]}]},
+        HASH,
+        BUILT,
+    )
     blob = serialize(document)
     assert verify_blob(blob) == (True, document["build"]["version"], [])
     tampered = blob.replace(b'"count":1', b'"count":2')
@@ -108,14 +150,26 @@ def test_scores_are_rounded_and_integral_ones_written_as_ints():
 
 
 def test_small_scores_are_written_as_jcs_numbers_in_the_blob():
-    document = {"v": 1, "items": [{"item_id": "A", "score": 0.000003}, {"item_id": "B", "score": 1}]}
-    assert serialize(document) == b'{"v":1,"items":[{"item_id":"A","score":0.000003},{"item_id":"B","score":1}]}'
+    document = {
+        "v": 1,
+        "items": [{"item_id": "A", "score": 0.000003}, {"item_id": "B", "score": 1}],
+    }
+    assert (
+        serialize(document)
+        == b'{"v":1,"items":[{"item_id":"A","score":0.000003},{"item_id":"B","score":1}]}'
+    )
     assert canonical_bytes(document) == rfc8785.dumps(document)
 
 
 def test_disabled_marker_has_head_enabled_false_and_reason_but_no_build():
     marker = disabled_marker(
-        "content_sim", "demo", "home", "", date(2026, 1, 1), date(2026, 1, 2), "no catalog configured"
+        "content_sim",
+        "demo",
+        "home",
+        "",
+        date(2026, 1, 1),
+        date(2026, 1, 2),
+        "no catalog configured",
     )
     assert marker == {
         "v": 1,
@@ -160,16 +214,42 @@ def test_build_document_refuses_bad_input(change, message):
 def test_window_days_must_be_dates_not_datetimes():
     with pytest.raises(TypeError, match="datetime.date"):
         build_document(
-            "popularity", "demo", "home", "", datetime(2026, 1, 1), date(2026, 1, 2), _payload(),
-            HASH, BUILT,
-        )  # fmt: skip
+            "popularity",
+            "demo",
+            "home",
+            "",
+            datetime(2026, 1, 1),
+            date(2026, 1, 2),
+            _payload(),
+            HASH,
+            BUILT,
+        )
 
 
 @pytest.mark.parametrize(
     "value",
-    [1.0, 0.5, 1e-6, 5e-6, 1e-5, 1e-7, 2.5e-7, 1e16, 1.5e16, 1e21, 1e22, 123.456, 2.0**60,
-     1e300, 5e-324, 0.1 + 0.2, -0.0, -1e-7, 1.7976931348623157e308],
-)  # fmt: skip
+    [
+        1.0,
+        0.5,
+        1e-6,
+        5e-6,
+        1e-5,
+        1e-7,
+        2.5e-7,
+        1e16,
+        1.5e16,
+        1e21,
+        1e22,
+        123.456,
+        2.0**60,
+        1e300,
+        5e-324,
+        0.1 + 0.2,
+        -0.0,
+        -1e-7,
+        1.7976931348623157e308,
+    ],
+)
 def test_es6_number_matches_rfc8785(value):
     assert es6_number(value).encode() == rfc8785.dumps(value)
 
@@ -194,9 +274,7 @@ def test_canonical_bytes_equal_rfc8785(value):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(
-        st.tuples(text.filter(bool), st.floats(0, 1e6, allow_nan=False)), max_size=20
-    ),
+    st.lists(st.tuples(text.filter(bool), st.floats(0, 1e6, allow_nan=False)), max_size=20),
     text,
 )
 def test_version_of_a_scored_payload_equals_the_rfc8785_sha256(entries, tenant_like):
@@ -204,9 +282,13 @@ def test_version_of_a_scored_payload_equals_the_rfc8785_sha256(entries, tenant_l
         "v": 1,
         "artifact_type": "implicit",
         "tenant": tenant_like,
-        "users": [{"user_id": item_id, "items": [{"item_id": item_id, "score": score}]}
-                  for item_id, score in zip([e[0] for e in entries], json_scores([e[1] for e in entries]), strict=True)],
+        "users": [
+            {"user_id": item_id, "items": [{"item_id": item_id, "score": score}]}
+            for item_id, score in zip(
+                [e[0] for e in entries], json_scores([e[1] for e in entries]), strict=True
+            )
+        ],
         "build": {"version": "ignored"},
-    }  # fmt: skip
+    }
     unbuilt = {key: value for key, value in document.items() if key != "build"}
     assert version_of(document) == hashlib.sha256(rfc8785.dumps(unbuilt)).hexdigest()

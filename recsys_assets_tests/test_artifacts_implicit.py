@@ -30,8 +30,9 @@ def user_item_counts() -> pl.DataFrame:
         for item in rng.choice(group, size=3, replace=False):
             rows.append((f"u{user:02d}", str(item), int(rng.integers(1, 5))))
     rows.append(("u19", "A", 1))
-    frame = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "count": pl.Int64},
-                         orient="row")  # fmt: skip
+    frame = pl.DataFrame(
+        rows, schema={"user_id": pl.String, "item_id": pl.String, "count": pl.Int64}, orient="row"
+    )
     return frame.sort(["user_id", "item_id"])
 
 
@@ -40,7 +41,9 @@ def test_recommendations_exclude_seen_items_and_are_sorted_and_rounded():
     payload, stats = implicit_payload(counts, **SMALL, max_items_per_user=4)
     users = [row["user_id"] for row in payload["users"]]
     assert users == sorted(users) and len(set(users)) == len(users)
-    seen = {user: set(items) for user, items in counts.group_by("user_id").agg("item_id").iter_rows()}
+    seen = {
+        user: set(items) for user, items in counts.group_by("user_id").agg("item_id").iter_rows()
+    }
     for row in payload["users"]:
         items = row["items"]
         assert 1 <= len(items) <= 4
@@ -53,8 +56,13 @@ def test_recommendations_exclude_seen_items_and_are_sorted_and_rounded():
     first = payload["users"][0]
     assert first["user_id"] == "u00"
     assert {entry["item_id"] for entry in first["items"]}.isdisjoint({"A", "B"})
-    assert stats == {"users": 20, "items": 10, "interactions": counts.height, "users_kept": 20,
-                     "users_written": 20}  # fmt: skip
+    assert stats == {
+        "users": 20,
+        "items": 10,
+        "interactions": counts.height,
+        "users_kept": 20,
+        "users_written": 20,
+    }
 
 
 def test_same_input_gives_identical_payloads_whatever_the_thread_count():
@@ -68,8 +76,10 @@ def test_same_input_gives_identical_payloads_whatever_the_thread_count():
 def test_user_cap_keeps_the_most_active_users_sorted_by_id():
     counts = user_item_counts()
     payload, stats = implicit_payload(counts, **SMALL, max_users=3, max_items_per_user=2)
-    activity = counts.group_by("user_id").agg(pl.col("count").sum()).sort(
-        ["count", "user_id"], descending=[True, False]
+    activity = (
+        counts.group_by("user_id")
+        .agg(pl.col("count").sum())
+        .sort(["count", "user_id"], descending=[True, False])
     )
     assert [row["user_id"] for row in payload["users"]] == sorted(activity["user_id"].head(3))
     assert all(len(row["items"]) <= 2 for row in payload["users"])
@@ -77,7 +87,9 @@ def test_user_cap_keeps_the_most_active_users_sorted_by_id():
 
 
 def test_a_user_who_saw_everything_gets_no_row():
-    counts = pl.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["A", "B", "A"], "count": [1, 2, 1]})
+    counts = pl.DataFrame(
+        {"user_id": ["u1", "u1", "u2"], "item_id": ["A", "B", "A"], "count": [1, 2, 1]}
+    )
     payload, stats = implicit_payload(counts, **SMALL)
     assert [row["user_id"] for row in payload["users"]] == ["u2"]
     assert [entry["item_id"] for entry in payload["users"][0]["items"]] == ["B"]
@@ -89,7 +101,10 @@ def test_a_user_who_saw_everything_gets_no_row():
 def test_ties_after_rounding_and_clipping_are_broken_by_item_then_cut():
     ids = np.array([[5, 3, 4, 2, 9], [1, 2, 0, 0, 0]])
     raw = np.array(
-        [[0.5000001, 0.4999999, -0.2, -0.3, _FILTERED], [0.9, 0.1, _FILTERED, _FILTERED, _FILTERED]],
+        [
+            [0.5000001, 0.4999999, -0.2, -0.3, _FILTERED],
+            [0.9, 0.1, _FILTERED, _FILTERED, _FILTERED],
+        ],
         dtype=np.float32,
     )
     rows, items, scores = _ranked(ids, raw, 4)

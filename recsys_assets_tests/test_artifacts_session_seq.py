@@ -13,11 +13,16 @@ from recsys_assets.artifacts.session_seq import session_seq_payload
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 # (minute, session, item, user). u1: A B C | B A; u2: C A; an anonymous session: A C.
 ROWS = [
-    (0, "s1", "A", "u1"), (1, "s1", "B", "u1"), (2, "s1", "C", "u1"),
-    (10, "s2", "B", "u1"), (11, "s2", "A", "u1"),
-    (20, "s3", "C", "u2"), (21, "s3", "A", "u2"),
-    (30, "s4", "A", None), (31, "s4", "C", None),
-]  # fmt: skip
+    (0, "s1", "A", "u1"),
+    (1, "s1", "B", "u1"),
+    (2, "s1", "C", "u1"),
+    (10, "s2", "B", "u1"),
+    (11, "s2", "A", "u1"),
+    (20, "s3", "C", "u2"),
+    (21, "s3", "A", "u2"),
+    (30, "s4", "A", None),
+    (31, "s4", "C", None),
+]
 
 
 def payload(rows=ROWS, window=3, **caps):
@@ -36,9 +41,11 @@ def payload(rows=ROWS, window=3, **caps):
     )
     aggregates = daily_aggregates(frame, transition_window=window)
     return session_seq_payload(
-        aggregates["user_transitions"], aggregates["user_item_counts"], aggregates["item_transitions"],
+        aggregates["user_transitions"],
+        aggregates["user_item_counts"],
+        aggregates["item_transitions"],
         **caps,
-    )  # fmt: skip
+    )
 
 
 def entries(*pairs):
@@ -59,7 +66,12 @@ def test_hand_computed_users_and_transitions():
         {"item_id": "C", "items": entries(("A", 1))},
     ]
     assert all(type(entry["score"]) is int for row in result["users"] for entry in row["items"])
-    assert stats == {"users": 2, "users_written": 2, "transition_items": 3, "transition_rows_written": 3}
+    assert stats == {
+        "users": 2,
+        "users_written": 2,
+        "transition_items": 3,
+        "transition_rows_written": 3,
+    }
 
 
 def test_window_one_keeps_only_adjacent_items():
@@ -68,8 +80,9 @@ def test_window_one_keeps_only_adjacent_items():
 
 
 def test_caps_keep_the_most_active_users_and_the_most_frequent_predecessors():
-    result, stats = payload(max_users=1, max_items_per_user=1, max_items_per_artifact=1,
-                            max_neighbors_per_item=1)  # fmt: skip
+    result, stats = payload(
+        max_users=1, max_items_per_user=1, max_items_per_artifact=1, max_neighbors_per_item=1
+    )
     assert result == {
         "users": [{"user_id": "u1", "items": entries(("B", 2))}],
         # Outgoing weight: A 2.5, B 2, C 1.
@@ -81,7 +94,10 @@ def test_caps_keep_the_most_active_users_and_the_most_frequent_predecessors():
 def test_scores_are_rounded_to_six_decimals():
     rows = [(0, "s1", "A", None), (1, "s1", "X", None), (2, "s1", "Y", None), (3, "s1", "B", None)]
     result, _ = payload(rows)
-    assert result["transitions"][0] == {"item_id": "A", "items": entries(("X", 1), ("Y", 0.5), ("B", 0.333333))}
+    assert result["transitions"][0] == {
+        "item_id": "A",
+        "items": entries(("X", 1), ("Y", 0.5), ("B", 0.333333)),
+    }
 
 
 def test_no_events_give_empty_lists_and_bad_caps_are_refused():

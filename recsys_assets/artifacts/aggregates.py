@@ -4,14 +4,17 @@ Each kind is computed once per (UTC day, tenant, surface) by `daily_aggregates`,
 `aggregates/<kind>/YYYY-MM-DD.parquet`, and summed over the days of an artifact window by
 `merge_aggregates`. Every frame is sorted by its key columns, which are unique.
 
-| kind | columns (key columns first) |
-|---|---|
-| item_counts | item_id, count: exposures of the item |
-| cooc_pairs | item_id, neighbor_id, count: sessions that showed both; item_id < neighbor_id, so each unordered pair appears once |
-| cooc_stats | one row: sessions, events, excluded_sessions, excluded_events |
-| user_item_counts | user_id, item_id, count: exposures of the item to the known user |
-| user_transitions | user_id, item_id, count: times the item came right after another of the user's events |
-| item_transitions | item_id, next_item_id, weight_units: sum of 1/gap for next_item_id seen gap steps after item_id in a session (gap <= window), in units of 1/TRANSITION_UNIT |
+Kinds (key columns first, then the summed value):
+- item_counts: item_id, count. Exposures of the item.
+- cooc_pairs: item_id, neighbor_id, count. Sessions that showed both items; item_id <
+  neighbor_id, so each unordered pair appears once.
+- cooc_stats: one row of sessions, events, excluded_sessions, excluded_events.
+- user_item_counts: user_id, item_id, count. Exposures of the item to the known user.
+- user_transitions: user_id, item_id, count. Times the item came right after another of the
+  user's events.
+- item_transitions: item_id, next_item_id, weight_units. Sum of 1/gap over the times
+  next_item_id came gap steps after item_id in a session (gap <= window), in units of
+  1/TRANSITION_UNIT.
 
 Two parameters belong to the daily aggregation: `max_items_per_session`
 (limits.max_items_per_session; a session with more distinct items is left out of cooc_pairs and

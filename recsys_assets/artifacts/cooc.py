@@ -40,7 +40,9 @@ def cooc_payload(
     check_cap("limits.max_items_per_artifact", max_items_per_artifact)
     if stats.height != 1:
         raise ValueError(f"cooc_stats must have one row (merge the days first), got {stats.height}")
-    supported = pairs if min_cooc_support <= 1 else pairs.filter(pl.col("count") >= min_cooc_support)
+    supported = (
+        pairs if min_cooc_support <= 1 else pairs.filter(pl.col("count") >= min_cooc_support)
+    )
     ranked = item_counts.sort("item_id")
     items = ranked["item_id"]
     anchors, first, second, count = _exposed_anchors(

@@ -36,11 +36,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
 _MAX_SAFE_INT = 2**53 - 1
 # orjson writes a float differently from JCS only when it is integral (`3.0`, `-0.0`) or has
-# an exponent (`1e-6`, `1e+16`). Such a token contains one of these markers ...
-_MARKERS = (b".0,", b".0]", b".0}", b"e-", b"e+")
-_SUSPECT = re.compile(rb"e[-+]|\.0[,\]}]")
-# ... and, in compact JSON, follows `:`, `,` or `[` and precedes `,`, `]` or `}`.
+# an exponent (`1e-6`, `1e+16`): the token contains `e-`/`e+`, or ends with `.0` before a
+# delimiter. In compact JSON it follows `:`, `,` or `[` and precedes `,`, `]` or `}`.
 _FLOAT_TO_FIX = re.compile(rb"-?[0-9]+(?:\.0(?=[,\]}])|(?:\.[0-9]+)?e[-+][0-9]+(?=[,\]}]))")
+_DELIMITERS = np.frombuffer(b",]}", dtype=np.uint8)
 _LONGEST_FLOAT = 32
 
 
@@ -248,11 +247,8 @@ def _jcs_numbers(text: bytes) -> bytes:
     """Rewrite the float tokens of compact JSON `text` whose form differs from JCS."""
     if text[:1] in b"-0123456789":  # a bare number: the whole text is the token
         return es6_number(float(text)).encode() if b"." in text or b"e" in text else text
-    if not any(marker in text for marker in _MARKERS):
-        return text
     spans: list[tuple[int, int]] = []
-    for suspect in _SUSPECT.finditer(text):
-        at = suspect.start()
+    for at in _suspects(text).tolist():
         if spans and at < spans[-1][1]:
             continue
         low = max(0, at - _LONGEST_FLOAT)
@@ -260,6 +256,8 @@ def _jcs_numbers(text: bytes) -> bytes:
         token = _FLOAT_TO_FIX.match(text, start + 1) if start >= 0 else None
         if token is not None and token.end() > at:
             spans.append(token.span())
+    if not spans:
+        return text
     pieces: list[bytes] = []
     last = 0
     for (start, end), is_number in zip(spans, _outside_strings(text, spans), strict=True):
@@ -269,6 +267,20 @@ def _jcs_numbers(text: bytes) -> bytes:
             last = end
     pieces.append(text[last:])
     return b"".join(pieces)
+
+
+def _suspects(text: bytes) -> np.ndarray:
+    """Sorted positions of `e-`, `e+` and of `.0` before a delimiter: where such floats are.
+
+    A vectorized scan: several times faster than a regular expression over big documents.
+    """
+    chars = np.frombuffer(text, dtype=np.uint8)
+    exponent = np.flatnonzero(chars[:-1] == ord("e"))
+    following = chars[exponent + 1]
+    exponent = exponent[(following == ord("-")) | (following == ord("+"))]
+    point = np.flatnonzero(chars[:-2] == ord("."))
+    point = point[(chars[point + 1] == ord("0")) & np.isin(chars[point + 2], _DELIMITERS)]
+    return np.union1d(exponent, point)
 
 
 def _outside_strings(text: bytes, spans: list[tuple[int, int]]) -> list[bool]:

@@ -143,7 +143,9 @@ def _recommend_unseen(
             users[members], rows, N=min(n_items, n + more), filter_already_liked_items=False
         )
         # (member, item) keys of the seen items are sorted: CSR rows in order, columns sorted.
-        seen_keys = np.repeat(np.arange(members.size), np.diff(rows.indptr)) * n_items + rows.indices
+        seen_keys = (
+            np.repeat(np.arange(members.size), np.diff(rows.indptr)) * n_items + rows.indices
+        )
         keys = np.arange(members.size)[:, None] * n_items + found
         at = np.minimum(np.searchsorted(seen_keys, keys), max(seen_keys.size - 1, 0))
         seen = seen_keys[at] == keys if seen_keys.size else np.zeros(keys.shape, dtype=bool)
@@ -152,7 +154,9 @@ def _recommend_unseen(
         width = order.shape[1]
         ids[members, :width] = np.take_along_axis(found, order, axis=1)
         raw[members, :width] = np.where(
-            np.take_along_axis(seen, order, axis=1), _FILTERED, np.take_along_axis(scores, order, axis=1)
+            np.take_along_axis(seen, order, axis=1),
+            _FILTERED,
+            np.take_along_axis(scores, order, axis=1),
         )
     return ids, raw
 

@@ -35,21 +35,48 @@ def codes(values: pl.Series, categories: pl.Series, what: str) -> np.ndarray:
 def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` entries with the largest `value` in each row, ties by smallest `tie`.
 
-    The result is ordered by row, then value descending, then tie ascending. Only entries
-    at or above each row's k-th largest value (found by a grouped top-k) are sorted.
+    The result is ordered by row, then value descending, then tie ascending; (row, tie)
+    pairs must be unique. One stable sort of a packed (row, value rank, tie) int64 key does
+    the work when the three fit in 63 bits, a lexsort otherwise.
     """
     if row.size == 0:
         return np.zeros(0, dtype=np.int64)
-    frame = pl.DataFrame({"row": row, "value": value})
-    threshold = frame.group_by("row").agg(pl.col("value").top_k(k).min())
-    floor = np.zeros(int(row.max()) + 1, dtype=value.dtype)
-    floor[threshold["row"].to_numpy()] = threshold["value"].to_numpy()
-    kept = np.flatnonzero(value >= floor[row])
-    kept = kept[np.lexsort((tie[kept], -value[kept], row[kept]))]
-    kept_rows = row[kept]
-    first = np.flatnonzero(np.r_[True, kept_rows[1:] != kept_rows[:-1]])
-    rank = np.arange(kept.size) - np.repeat(first, np.diff(np.r_[first, kept.size]))
-    return kept[rank < k]
+    candidates = np.arange(row.size)
+    if row.size > 4 * k * np.count_nonzero(np.bincount(row - row.min())):
+        # Long rows: first keep what reaches each row's k-th largest value (grouped top-k).
+        frame = pl.DataFrame({"row": row, "value": value})
+        threshold = frame.group_by("row").agg(pl.col("value").top_k(k).min())
+        floor = np.zeros(int(row.max()) + 1, dtype=value.dtype)
+        floor[threshold["row"].to_numpy()] = threshold["value"].to_numpy()
+        candidates = np.flatnonzero(value >= floor[row])
+    row, value, tie = row[candidates], value[candidates], tie[candidates]
+    order = _row_value_tie_order(
+        row.astype(np.int64), _descending_rank(value), tie.astype(np.int64)
+    )
+    ordered_rows = row[order]
+    first = np.flatnonzero(np.r_[True, ordered_rows[1:] != ordered_rows[:-1]])
+    rank = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first, order.size]))
+    return candidates[order[rank < k]]
+
+
+def _descending_rank(value: np.ndarray) -> np.ndarray:
+    """Non-negative int64 that orders like `value` descending (equal values, equal ranks)."""
+    if np.issubdtype(value.dtype, np.integer):
+        return value.max() - value.astype(np.int64)
+    # Scores rounded to 6 decimals map exactly to integers; anything else gets dense ranks.
+    scaled = np.rint(value * 1e6)
+    if np.abs(scaled).max() < 2**52 and np.array_equal(scaled / 1e6, value):
+        return (scaled.max() - scaled).astype(np.int64)
+    return np.unique(-value, return_inverse=True)[1].astype(np.int64)
+
+
+def _row_value_tie_order(row: np.ndarray, rank: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    row, tie = row - row.min(), tie - tie.min()
+    widths = [int(part.max()).bit_length() for part in (row, rank, tie)]
+    if sum(widths) > 63:
+        return np.lexsort((tie, rank, row))
+    key = (row << (widths[1] + widths[2])) | (rank << widths[2]) | tie
+    return np.argsort(key, kind="stable")
 
 
 def top_per_group(

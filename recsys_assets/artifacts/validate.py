@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,14 +37,53 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "artifacts"
 # Examples reported per kind of problem before the rest are only counted.
 _EXAMPLES = 5
 
-# Where each type keeps its entry lists: (payload list, row list field or None, entry def).
-_ENTRY_LISTS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
-    "popularity": (("items", None, "counted"),),
-    "cooc": (("neighbors", "items", "counted"),),
-    "implicit": (("users", "items", "scored"),),
-    "content_sim": (("items", "similar", "scored"),),
-    "session_seq": (("users", "items", "scored"), ("transitions", "items", "scored")),
-}
+
+@dataclass(frozen=True)
+class _Layout:
+    """One list of a payload: where its entries are and what bounds and orders them.
+
+    `entries` None means the payload list itself holds the entries; otherwise it holds rows
+    `{row_key, entries: [...]}`. Caps and floors name a `Caps` attribute and its config key.
+    """
+
+    field: str
+    entries: str | None
+    definition: str  # "counted" or "scored" in the schema's $defs
+    entry_cap: tuple[str, str]
+    row_key: str | None = None
+    row_cap: tuple[str, str] | None = None
+    no_self: bool = False
+    floor: tuple[str, str, bool] | None = None  # (attribute, key, strictly above)
+
+    @property
+    def value(self) -> str:
+        return "count" if self.definition == "counted" else "score"
+
+
+_PER_ITEM = ("max_neighbors_per_item", "limits.max_neighbors_per_item")
+_PER_USER = ("max_items_per_user", "limits.max_items_per_user")
+_ROWS = ("max_items_per_artifact", "limits.max_items_per_artifact")
+_LAYOUTS: dict[str, tuple[_Layout, ...]] = {
+    "popularity": (_Layout("items", None, "counted", _ROWS),),
+    "cooc": (
+        _Layout("neighbors", "items", "counted", _PER_ITEM, "item_id", _ROWS, no_self=True,
+                floor=("min_cooc_support", "limits.min_cooc_support", False)),
+    ),
+    "implicit": (
+        _Layout("users", "items", "scored", _PER_USER, "user_id",
+                ("max_users", "artifacts.implicit.max_users")),
+    ),
+    "content_sim": (
+        _Layout("items", "similar", "scored", _PER_ITEM, "item_id",
+                ("max_items", "artifacts.content_sim.max_items"), no_self=True,
+                floor=("min_similarity", "artifacts.content_sim.min_similarity", True)),
+    ),
+    "session_seq": (
+        _Layout("users", "items", "scored", _PER_USER, "user_id",
+                ("max_users", "artifacts.session_seq.max_users")),
+        _Layout("transitions", "items", "scored", _PER_ITEM, "item_id", _ROWS, no_self=True),
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,7 +130,9 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 @functools.cache
 def _entry_validator(name: str, definition: str) -> jsonschema.Draft202012Validator:
     schema = load_schema(name)
-    return jsonschema.Draft202012Validator({**schema["$defs"][definition], "$defs": schema["$defs"]})
+    return jsonschema.Draft202012Validator(
+        {**schema["$defs"][definition], "$defs": schema["$defs"]}
+    )
 
 
 def validate_blob(blob: bytes, expected: Expected, caps: Caps) -> list[str]:
@@ -127,11 +168,15 @@ def validate_document(document: Any, expected: Expected, caps: Caps) -> list[str
     problems = _identity_problems(document, expected)
     stated, recomputed = document["build"]["version"], version_of(document)
     if stated != recomputed:
-        problems.append(f"build.version {stated} does not match the recomputed version {recomputed}")
+        problems.append(
+            f"build.version {stated} does not match the recomputed version {recomputed}"
+        )
     return problems + _payload_problems(document, expected.artifact_type, caps)
 
 
-def _schema_problems(validator: jsonschema.Draft202012Validator, value: Any, where: str) -> list[str]:
+def _schema_problems(
+    validator: jsonschema.Draft202012Validator, value: Any, where: str
+) -> list[str]:
     problems = []
     for error in sorted(validator.iter_errors(value), key=lambda error: list(error.absolute_path)):
         path = where + error.json_path[1:]
@@ -142,7 +187,8 @@ def _schema_problems(validator: jsonschema.Draft202012Validator, value: Any, whe
 def _artifact_schema_problems(document: dict[str, Any], artifact_type: str) -> list[str]:
     skeleton = dict(document)
     entry_lists: list[tuple[str, list[Any], str]] = []
-    for field, inner, definition in _ENTRY_LISTS[artifact_type]:
+    for layout in _LAYOUTS[artifact_type]:
+        field, inner, definition = layout.field, layout.entries, layout.definition
         rows = document.get(field)
         if not isinstance(rows, list):
             continue
@@ -195,7 +241,9 @@ def _identity_problems(document: Mapping[str, Any], expected: Expected) -> list[
     problems = []
     for field in ("artifact_type", "tenant", "surface"):
         if document.get(field) != getattr(expected, field):
-            problems.append(f"{field} is {document.get(field)!r}, expected {getattr(expected, field)!r}")
+            problems.append(
+                f"{field} is {document.get(field)!r}, expected {getattr(expected, field)!r}"
+            )
     segment = document.get("segment", "")
     if segment != expected.segment:
         problems.append(f"segment is {segment!r}, expected {expected.segment!r} ('' means absent)")
@@ -225,76 +273,63 @@ class _Findings:
 
 def _payload_problems(document: dict[str, Any], artifact_type: str, caps: Caps) -> list[str]:
     findings = _Findings()
-    if artifact_type == "popularity":
-        _check_list(findings, "$.items", document["items"], "count", caps.max_items_per_artifact,
-                    "limits.max_items_per_artifact")
-    elif artifact_type == "cooc":
-        _check_rows(findings, "$.neighbors", document["neighbors"], "item_id", "items", "count",
-                    (caps.max_items_per_artifact, "limits.max_items_per_artifact"),
-                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
-                    no_self=True)
-        if caps.min_cooc_support is not None:
-            _check_floor(findings, document["neighbors"], "items", "count", caps.min_cooc_support,
-                         "limits.min_cooc_support", strict=False)
-    elif artifact_type == "implicit":
-        _check_rows(findings, "$.users", document["users"], "user_id", "items", "score",
-                    (caps.max_users, "artifacts.implicit.max_users"),
-                    (caps.max_items_per_user, "limits.max_items_per_user"))
-    elif artifact_type == "content_sim":
-        _check_rows(findings, "$.items", document["items"], "item_id", "similar", "score",
-                    (caps.max_items, "artifacts.content_sim.max_items"),
-                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
-                    no_self=True)
+    for layout in _LAYOUTS[artifact_type]:
+        rows = document[layout.field]
+        where = f"$.{layout.field}"
+        if layout.entries is None:
+            _check_entries(findings, where, rows, layout, caps)
+            continue
+        assert layout.row_key is not None and layout.row_cap is not None
+        attribute, name = layout.row_cap
+        if len(rows) > getattr(caps, attribute):
+            findings.add(
+                "row cap", f"{where}: {len(rows)} rows exceed {name} = {getattr(caps, attribute)}"
+            )
+        _check_order(
+            findings,
+            where,
+            [row[layout.row_key] for row in rows],
+            f"{layout.row_key} ascending, unique",
+        )
+        for index, row in enumerate(rows):
+            entries = row[layout.entries]
+            _check_entries(findings, f"{where}[{index}].{layout.entries}", entries, layout, caps)
+            anchor = row[layout.row_key]
+            if layout.no_self and any(entry["item_id"] == anchor for entry in entries):
+                findings.add("self", f"{where}[{index}]: {anchor!r} lists itself")
+    if artifact_type == "content_sim":
         for index, row in enumerate(document["items"]):
             tags = row["tags"]
             if tags != sorted(tags) or any(tag != tag.strip().lower() for tag in tags):
-                findings.add("tags", f"$.items[{index}].tags {tags} must be trimmed, lower-case"
-                             " and sorted ascending")
-        if caps.min_similarity is not None:
-            _check_floor(findings, document["items"], "similar", "score", caps.min_similarity,
-                         "artifacts.content_sim.min_similarity", strict=True)
-    else:
-        _check_rows(findings, "$.users", document["users"], "user_id", "items", "score",
-                    (caps.max_users, "artifacts.session_seq.max_users"),
-                    (caps.max_items_per_user, "limits.max_items_per_user"))
-        _check_rows(findings, "$.transitions", document["transitions"], "item_id", "items", "score",
-                    (caps.max_items_per_artifact, "limits.max_items_per_artifact"),
-                    (caps.max_neighbors_per_item, "limits.max_neighbors_per_item"),
-                    no_self=True)
+                findings.add(
+                    "tags",
+                    f"$.items[{index}].tags {tags} must be trimmed, lower-case, sorted ascending",
+                )
     return findings.messages()
 
 
-def _check_rows(
-    findings: _Findings,
-    where: str,
-    rows: list[dict[str, Any]],
-    key: str,
-    list_key: str,
-    value: str,
-    row_cap: tuple[int, str],
-    entry_cap: tuple[int, str],
-    *,
-    no_self: bool = False,
+def _check_entries(
+    findings: _Findings, where: str, entries: list[dict[str, Any]], layout: _Layout, caps: Caps
 ) -> None:
-    """Row count cap, rows strictly ascending by `key`, then each row's entry list."""
-    cap, name = row_cap
-    if len(rows) > cap:
-        findings.add("row cap", f"{where}: {len(rows)} rows exceed {name} = {cap}")
-    _check_order(findings, where, [row[key] for row in rows], f"{key} ascending, unique")
-    for index, row in enumerate(rows):
-        entries = row[list_key]
-        _check_list(findings, f"{where}[{index}].{list_key}", entries, value, *entry_cap)
-        if no_self and any(entry["item_id"] == row[key] for entry in entries):
-            findings.add("self", f"{where}[{index}]: {row[key]!r} lists itself")
-
-
-def _check_list(
-    findings: _Findings, where: str, entries: list[dict[str, Any]], value: str, cap: int, name: str
-) -> None:
+    """An entry list's cap, order (value descending, then id, ids unique) and floor."""
+    attribute, name = layout.entry_cap
+    cap = getattr(caps, attribute)
     if len(entries) > cap:
         findings.add("entry cap", f"{where}: {len(entries)} entries exceed {name} = {cap}")
+    value = layout.value
     keys = [(-entry[value], entry["item_id"]) for entry in entries]
     _check_order(findings, where, keys, f"{value} descending, then item_id ascending, unique ids")
+    if layout.floor is None or getattr(caps, layout.floor[0]) is None:
+        return
+    attribute, name, strict = layout.floor
+    floor = getattr(caps, attribute)
+    for index, entry in enumerate(entries):
+        if entry[value] < floor or (strict and entry[value] == floor):
+            relation = "above" if strict else "at least"
+            findings.add(
+                "floor",
+                f"{where}[{index}]: {value} {entry[value]} is not {relation} {name} = {floor}",
+            )
 
 
 def _check_order(findings: _Findings, where: str, keys: list[Any], order: str) -> None:
@@ -312,25 +347,3 @@ def _show(key: Any) -> str:
     if isinstance(key, tuple):
         return repr((-key[0], key[1]))
     return repr(key)
-
-
-def _check_floor(
-    findings: _Findings,
-    rows: Iterable[dict[str, Any]],
-    list_key: str,
-    value: str,
-    floor: float,
-    name: str,
-    *,
-    strict: bool,
-) -> None:
-    below: Callable[[float], bool] = (lambda v: v <= floor) if strict else (lambda v: v < floor)
-    for row in rows:
-        for entry in row[list_key]:
-            if below(entry[value]):
-                relation = "above" if strict else "at least"
-                findings.add(
-                    "floor",
-                    f"{row.get('item_id', row.get('user_id'))!r} -> {entry['item_id']!r}:"
-                    f" {value} {entry[value]} is not {relation} {name} = {floor}",
-                )

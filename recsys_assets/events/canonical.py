@@ -12,6 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 
+import orjson
 import polars as pl
 
 from recsys_assets.events.parse import ID_FIELDS, REQUIRED_FIELDS, RFC3339, DecodedLines
@@ -286,3 +287,35 @@ def ndjson_bytes(frame: pl.DataFrame) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def with_source_rejects(result: CanonicalPartition, rejects: list[dict]) -> CanonicalPartition:
+    """Add what a source could not turn into lines (a database row: `id`, `request_id`,
+    `reason`, `detail`) to the partition's rejects; such a reject has no line number."""
+    if not rejects:
+        return result
+    extra = pl.DataFrame(
+        {
+            "line": [None] * len(rejects),
+            "reason": [r["reason"] for r in rejects],
+            "detail": [r.get("detail") for r in rejects],
+            "raw": [
+                orjson.dumps({"id": r.get("id"), "request_id": r.get("request_id")}).decode()
+                for r in rejects
+            ],
+        },
+        schema=REJECT_SCHEMA,
+    )
+    combined = pl.concat([result.rejects, extra])
+    reasons = combined.group_by("reason").len().sort("reason")
+    counts = result.counts | {
+        "rejects": combined.height,
+        "attributed_lines": result.counts["attributed_lines"] + len(rejects),
+        "source_rejects": len(rejects),
+    }
+    return CanonicalPartition(
+        events=result.events,
+        rejects=combined,
+        counts=counts,
+        rejects_by_reason=dict(zip(reasons["reason"], reasons["len"], strict=True)),
+    )

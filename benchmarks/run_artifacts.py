@@ -1,0 +1,200 @@
+"""Benchmark of the artifacts: seconds and peak RSS per stage.
+
+    python benchmarks/run_artifacts.py one-day  [--events 5000000]
+    python benchmarks/run_artifacts.py window   [--events-per-day 1000000 --days 28]
+
+`one-day`: one partition (50k items, 200k users, ~600k sessions by default): daily
+aggregation, then popularity, cooc, content_sim (a synthetic 50k-item catalog) and
+session_seq built, versioned and serialized; implicit (factors 64, 15 iterations, 50 items
+per user, 100k users) reported separately. `window`: `--days` days of aggregates exist; the
+next day costs one day of aggregation plus the merge of the window, compared with the same
+artifacts over one day. Data is generated once under benchmarks/.data/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from benchmarks.generate import generate  # noqa: E402
+from benchmarks.measure import report, stage  # noqa: E402
+from recsys_assets.artifacts.aggregates import daily_aggregates, merge_aggregates  # noqa: E402
+from recsys_assets.artifacts.content_sim import content_sim_payload  # noqa: E402
+from recsys_assets.artifacts.cooc import cooc_payload  # noqa: E402
+from recsys_assets.artifacts.envelope import build_document, serialize  # noqa: E402
+from recsys_assets.artifacts.implicit_als import implicit_payload  # noqa: E402
+from recsys_assets.artifacts.popularity import popularity_payload  # noqa: E402
+from recsys_assets.artifacts.session_seq import session_seq_payload  # noqa: E402
+from recsys_assets.config import parse_config  # noqa: E402
+from recsys_assets.events.assets import build_canonical_partition  # noqa: E402
+from recsys_assets.events.canonical import Partition  # noqa: E402
+from recsys_assets.events.store import CanonicalStore  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / ".data"
+DAY0 = dt.date(2026, 1, 1)
+SOURCE = "0" * 64
+LIMITS = {
+    "max_events_per_run": 100_000_000,
+    "max_sessions_per_run": 100_000_000,
+    "max_distinct_items_per_run": 100_000_000,
+    "max_users_per_run": 100_000_000,
+    "max_items_per_session": 200,
+    "max_excluded_event_ratio": 1.0,
+}
+
+
+def canonical_days(events_per_day: int, days: int) -> CanonicalStore:
+    """Canonical partitions of `days` days, built once and cached."""
+    root = DATA / f"canonical-{events_per_day}x{days}"
+    raw = DATA / f"raw-{events_per_day}x{days}"
+    store = CanonicalStore(location=str(root))
+    last = Partition("demo", "home", DAY0 + dt.timedelta(days=days - 1))
+    if store.marker(last) is not None:
+        return store
+    if not (raw / "summary.json").exists():
+        generate(raw, events=events_per_day * days, days=days, day=DAY0)
+    config = parse_config(
+        {
+            "start_date": DAY0.isoformat(),
+            "tenants": [{"tenant": "demo", "surface": "home"}],
+            "out_dir": str(root),
+            "raw_source": {"dir": str(raw)},
+            "limits": LIMITS,
+        }
+    )
+    for offset in range(days):
+        partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
+        path = raw / f"demo/home/exposure.{partition.day}.jsonl"
+        canonical, _ = build_canonical_partition("day", path.read_bytes(), partition, config)
+        store.write(partition, canonical, path.name)
+    return store
+
+
+def catalog(items: pl.Series, seed: int = 3) -> pl.DataFrame:
+    """A synthetic catalog: 1-5 tags per item from a Zipf-like vocabulary of 2,000 tags."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 6, items.len())
+    vocabulary = np.array([f"tag{i:04d}" for i in range(2000)])
+    weights = 1 / np.arange(1, 2001) ** 0.8
+    tags = rng.choice(vocabulary, size=int(counts.sum()), p=weights / weights.sum())
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return pl.DataFrame(
+        {
+            "item_id": items,
+            "tags": [tags[offsets[i] : offsets[i + 1]].tolist() for i in range(items.len())],
+            "namespace": pl.Series([None] * items.len(), dtype=pl.String),
+            "price": pl.Series([None] * items.len(), dtype=pl.Float64),
+            "created_at": pl.Series([None] * items.len(), dtype=pl.Datetime("us", "UTC")),
+        }
+    )
+
+
+def versioned(artifact_type: str, payload: dict, day: dt.date, days: int = 1) -> int:
+    document = build_document(
+        artifact_type,
+        "demo",
+        "home",
+        "",
+        day - dt.timedelta(days=days - 1),
+        day + dt.timedelta(days=1),
+        payload,
+        SOURCE,
+        "2026-01-02T00:00:00Z",
+    )
+    return len(serialize(document))
+
+
+def build(artifact_type: str, frames: dict[str, pl.DataFrame], day: dt.date, days: int) -> int:
+    if artifact_type == "popularity":
+        payload, _ = popularity_payload(frames["item_counts"], max_items_per_artifact=1000)
+    elif artifact_type == "cooc":
+        payload, _ = cooc_payload(frames["cooc_pairs"], frames["cooc_stats"], frames["item_counts"])
+    elif artifact_type == "session_seq":
+        payload, _ = session_seq_payload(
+            frames["user_transitions"], frames["user_item_counts"], frames["item_transitions"]
+        )
+    else:
+        raise ValueError(artifact_type)
+    return versioned(artifact_type, payload, day, days)
+
+
+def one_day(events: int, results: list) -> None:
+    store = canonical_days(events, 1)
+    frame, _ = store.read_events(Partition("demo", "home", DAY0))
+    with stage("daily aggregates", results) as s:
+        frames = daily_aggregates(frame)
+        s.extra["events"] = frame.height
+    for artifact_type in ("popularity", "cooc", "session_seq"):
+        with stage(artifact_type, results) as s:
+            s.extra["bytes"] = build(artifact_type, frames, DAY0, 1)
+    items = frames["item_counts"]["item_id"]
+    table = catalog(items)
+    with stage("content_sim", results) as s:
+        payload, stats = content_sim_payload(table, surface="home")
+        s.extra |= {"bytes": versioned("content_sim", payload, DAY0), "items": stats["items"]}
+    with stage("implicit (separate)", results) as s:
+        payload, stats = implicit_payload(frames["user_item_counts"])
+        s.extra |= {"bytes": versioned("implicit", payload, DAY0), "users": stats["users_written"]}
+
+
+def window(events_per_day: int, days: int, results: list) -> None:
+    store = canonical_days(events_per_day, days + 1)
+    kinds = ["item_counts", "cooc_pairs", "cooc_stats", "user_item_counts", "user_transitions"]
+    kinds.append("item_transitions")
+    out = Path(tempfile.mkdtemp(prefix="bench-window-"))
+    aggregates = CanonicalStore(location=str(out))
+    for offset in range(days):  # the window's history: aggregated once, as the asset does
+        partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
+        frame, marker = store.read_events(partition)
+        aggregates.write_aggregates(partition, daily_aggregates(frame), {}, marker["content_hash"])
+    today = Partition("demo", "home", DAY0 + dt.timedelta(days=days))
+    frame, _ = store.read_events(today)
+    with stage("1-day: aggregate + popularity, cooc, session_seq", results):
+        frames = daily_aggregates(frame)
+        for artifact_type in ("popularity", "cooc", "session_seq"):
+            build(artifact_type, frames, today.day, 1)
+    with stage(f"{days}-day window: aggregate today + merge + build", results) as s:
+        frames = daily_aggregates(frame)
+        history = [
+            aggregates.read_aggregates(
+                Partition("demo", "home", today.day - dt.timedelta(days=back)), kinds
+            )[0]
+            for back in range(1, days)
+        ]
+        merged = {k: merge_aggregates(k, [frames[k], *(h[k] for h in history)]) for k in kinds}
+        for artifact_type in ("popularity", "cooc", "session_seq"):
+            s.extra[artifact_type] = build(artifact_type, merged, today.day, days)
+    with stage(f"{days}-day window: implicit", results) as s:
+        payload, stats = implicit_payload(merged["user_item_counts"])
+        s.extra["users"] = stats["users_written"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["one-day", "window"])
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--events-per-day", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=28)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    results: list = []
+    if args.mode == "one-day":
+        one_day(args.events, results)
+    else:
+        window(args.events_per_day, args.days, results)
+    report(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

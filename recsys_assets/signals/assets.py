@@ -1,0 +1,162 @@
+"""`db_signals` and `item_tags` (SPEC §7): the online service's signal tables, thin wiring."""
+
+import time
+from contextlib import contextmanager
+
+import dagster as dg
+import polars as pl
+
+from recsys_assets.artifacts.assets import AGGREGATES, CATALOG
+from recsys_assets.artifacts.cooc import cooc_payload
+from recsys_assets.artifacts.popularity import popularity_payload
+from recsys_assets.config import AppConfig
+from recsys_assets.events.store import CanonicalStore, PartitionNotReady
+from recsys_assets.partitions import parse_partition_key
+from recsys_assets.signals import db
+from recsys_assets.signals.sink import write_day_signals, write_item_tags
+
+DB_SIGNALS = dg.AssetKey("db_signals")
+ITEM_TAGS = dg.AssetKey("item_tags")
+DAY_KINDS = ["item_counts", "cooc_pairs", "cooc_stats"]
+
+
+class SignalDatabase(dg.ConfigurableResource):
+    """The online service's PostgreSQL (`db` config); no DSN means signals are switched off."""
+
+    dsn: str | None = None
+    out_dir: str = ".out"
+    auto_create_tenant: bool = True
+    auto_migrate: bool = False
+    statement_timeout_s: int = 30
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dsn)
+
+    @contextmanager
+    def connection(self):
+        from pathlib import Path
+
+        dsn = db.resolve_dsn(self.dsn or "", Path(self.out_dir))
+        conn = db.connect(dsn, self.statement_timeout_s)
+        try:
+            if self.auto_migrate:
+                db.migrate(conn)
+            yield conn
+        finally:
+            conn.close()
+
+    def tenant_id(self, conn, tenant: str):
+        return db.resolve_tenant(conn, tenant, auto_create=self.auto_create_tenant)
+
+
+def signal_database(config: AppConfig) -> SignalDatabase:
+    return SignalDatabase(
+        dsn=config.db.dsn,
+        out_dir=str(config.out_dir),
+        auto_create_tenant=config.db.auto_create_tenant,
+        auto_migrate=config.db.auto_migrate,
+        statement_timeout_s=config.db.statement_timeout_s,
+    )
+
+
+def day_signal_frames(frames: dict[str, pl.DataFrame], config: AppConfig) -> tuple:
+    """The day's popularity and co-occurrence rows, capped like a 1-day artifact."""
+    limits = config.limits
+    popularity, _ = popularity_payload(
+        frames["item_counts"], max_items_per_artifact=limits.max_items_per_artifact
+    )
+    cooc, _ = cooc_payload(
+        frames["cooc_pairs"],
+        frames["cooc_stats"],
+        frames["item_counts"],
+        min_cooc_support=limits.min_cooc_support,
+        max_neighbors_per_item=limits.max_neighbors_per_item,
+        max_items_per_artifact=limits.max_items_per_artifact,
+    )
+    pop = pl.DataFrame(popularity["items"], schema={"item_id": pl.String, "count": pl.Int64})
+    pairs = pl.DataFrame(
+        [
+            {"item_id": row["item_id"], "neighbor_id": n["item_id"], "count": n["count"]}
+            for row in cooc["neighbors"]
+            for n in row["items"]
+        ],
+        schema={"item_id": pl.String, "neighbor_id": pl.String, "count": pl.Int64},
+    )
+    return pop, pairs
+
+
+def db_signals_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
+    @dg.asset(
+        key=DB_SIGNALS,
+        partitions_def=partitions_def,
+        deps=[AGGREGATES],
+        group_name="signals",
+        kinds={"postgres"},
+        description="The day's own popularity counts and co-occurrence pairs in "
+        "item_popularity_daily / item_covisit_daily (one transaction replacing the day).",
+    )
+    def db_signals(
+        context: dg.AssetExecutionContext,
+        canonical_store: CanonicalStore,
+        signal_db: SignalDatabase,
+    ) -> dg.MaterializeResult:
+        if not signal_db.enabled:
+            return dg.MaterializeResult(metadata={"enabled": False, "reason": "no db.dsn"})
+        partition = parse_partition_key(context.partition_key)
+        loaded = canonical_store.read_aggregates(partition, DAY_KINDS)
+        if loaded is None:
+            raise PartitionNotReady(f"no daily aggregates for {partition}")
+        popularity, covisit = day_signal_frames(loaded[0], config)
+        started = time.perf_counter()
+        with signal_db.connection() as conn:
+            tenant_id = signal_db.tenant_id(conn, partition.tenant)
+            counts = write_day_signals(
+                conn, tenant_id, partition.surface, partition.day, popularity, covisit
+            )
+        seconds = time.perf_counter() - started
+        context.log.info(f"db_signals {partition}: {counts} in {seconds:.2f}s")
+        return dg.MaterializeResult(
+            metadata={
+                "enabled": True,
+                **{k: v for k, v in counts.items() if isinstance(v, int)},
+                "tenant_id": str(tenant_id),
+                "namespace": partition.surface,
+                "seconds": dg.MetadataValue.float(round(seconds, 3)),
+            }
+        )
+
+    return db_signals
+
+
+def item_tags_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinition):
+    @dg.asset(
+        key=ITEM_TAGS,
+        partitions_def=tenant_partitions,
+        deps=[CATALOG],
+        group_name="signals",
+        kinds={"postgres"},
+        description="The item catalog of a tenant/surface in item_tags (namespace: the row's, "
+        "else the surface).",
+    )
+    def item_tags(
+        context: dg.AssetExecutionContext,
+        canonical_store: CanonicalStore,
+        signal_db: SignalDatabase,
+    ) -> dg.MaterializeResult:
+        entry = config.tenant_by_key(context.partition_key)
+        if not signal_db.enabled or config.catalog_for(entry) is None:
+            reason = "no db.dsn" if not signal_db.enabled else "no catalog"
+            return dg.MaterializeResult(metadata={"enabled": False, "reason": reason})
+        catalog, _ = canonical_store.read_catalog(entry.tenant, entry.surface)
+        rows = catalog.filter(
+            pl.col("namespace").is_null() | (pl.col("namespace") == entry.surface)
+        ).unique("item_id", keep="first", maintain_order=True)
+        with signal_db.connection() as conn:
+            tenant_id = signal_db.tenant_id(conn, entry.tenant)
+            counts = write_item_tags(conn, tenant_id, entry.surface, rows)
+        return dg.MaterializeResult(
+            metadata={"enabled": True, **{k: v for k, v in counts.items() if isinstance(v, int)}}
+        )
+
+    return item_tags
