@@ -6,10 +6,10 @@ from contextlib import contextmanager
 import dagster as dg
 import polars as pl
 
-from recsys_assets.artifacts.assets import AGGREGATES, CATALOG
-from recsys_assets.artifacts.cooc import cooc_payload
-from recsys_assets.artifacts.popularity import popularity_payload
+from recsys_assets.artifacts.assets import AGGREGATES, CATALOG, SPECS
+from recsys_assets.artifacts.window import WindowData
 from recsys_assets.config import AppConfig
+from recsys_assets.events.canonical import Partition
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady
 from recsys_assets.partitions import parse_partition_key
 from recsys_assets.signals import db
@@ -60,25 +60,24 @@ def signal_database(config: AppConfig) -> SignalDatabase:
     )
 
 
-def day_signal_frames(frames: dict[str, pl.DataFrame], config: AppConfig) -> tuple:
-    """The day's popularity and co-occurrence rows, capped like a 1-day artifact."""
-    limits = config.limits
-    popularity, _ = popularity_payload(
-        frames["item_counts"], max_items_per_artifact=limits.max_items_per_artifact
+def day_signal_frames(
+    frames: dict[str, pl.DataFrame], config: AppConfig, partition: Partition
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The day's popularity and co-occurrence rows, capped like a 1-day artifact (the same
+    builders as the artifacts, over that one day)."""
+    entry = config.tenant(partition.tenant, partition.surface)
+    day = WindowData(partition.day, partition.day, frames, [partition.day], [], [], "")
+    built = {
+        name: SPECS[name].build(day, config, entry, config.artifact_settings(entry, name))[0]
+        for name in ("popularity", "cooc")
+    }
+    pop = pl.DataFrame(
+        built["popularity"]["items"], schema={"item_id": pl.String, "count": pl.Int64}
     )
-    cooc, _ = cooc_payload(
-        frames["cooc_pairs"],
-        frames["cooc_stats"],
-        frames["item_counts"],
-        min_cooc_support=limits.min_cooc_support,
-        max_neighbors_per_item=limits.max_neighbors_per_item,
-        max_items_per_artifact=limits.max_items_per_artifact,
-    )
-    pop = pl.DataFrame(popularity["items"], schema={"item_id": pl.String, "count": pl.Int64})
     pairs = pl.DataFrame(
         [
             {"item_id": row["item_id"], "neighbor_id": n["item_id"], "count": n["count"]}
-            for row in cooc["neighbors"]
+            for row in built["cooc"]["neighbors"]
             for n in row["items"]
         ],
         schema={"item_id": pl.String, "neighbor_id": pl.String, "count": pl.Int64},
@@ -107,7 +106,7 @@ def db_signals_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         loaded = canonical_store.read_aggregates(partition, DAY_KINDS)
         if loaded is None:
             raise PartitionNotReady(f"no daily aggregates for {partition}")
-        popularity, covisit = day_signal_frames(loaded[0], config)
+        popularity, covisit = day_signal_frames(loaded[0], config, partition)
         started = time.perf_counter()
         with signal_db.connection() as conn:
             tenant_id = signal_db.tenant_id(conn, partition.tenant)
