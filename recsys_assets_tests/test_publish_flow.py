@@ -158,3 +158,30 @@ def test_freshness_check_per_tenant_surface(make_config, write_day, instance):
     assert outcome.checks == {"manifest_freshness:fresh": False}  # 2026-01-02 is long gone
     schedule = defs.resolve_schedule_def("freshness_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_partition_waits_until_every_type_is_checked(make_config, write_day, instance):
+    write_day(TINY)
+    config = make_config()
+    defs = build_definitions(config)
+    _, cursor = tick(defs, instance, None)
+    assert execute(defs, "ingest", KEY, instance).success
+    assert execute(defs, "popularity", KEY, instance).success  # one type of four so far
+    requests, cursor = tick(defs, instance, cursor)
+    assert requests == []
+    assert list(json.loads(cursor)["pending"]) == [KEY]
+    assert execute(defs, "recsys_daily", KEY, instance).success
+    requests, cursor = tick(defs, instance, cursor)
+    assert [r.partition_key for r in requests] == [KEY]
+    assert json.loads(cursor)["pending"] == {}
+
+
+def test_first_tick_after_deploy_requests_nothing_already_built(make_config, write_day, instance):
+    write_day(TINY)
+    config = make_config()
+    defs = build_definitions(config)
+    assert execute(defs, "recsys_daily", KEY, instance).success
+    requests, cursor = tick(defs, instance, None)  # deployed after the build: seeds only
+    assert requests == []
+    requests, _ = tick(defs, instance, cursor)
+    assert requests == []  # the overlap re-read does not bring it back

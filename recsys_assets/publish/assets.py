@@ -100,9 +100,8 @@ def _new_materializations(
                 now_seen.add(record.storage_id)
                 if record.partition_key is None or record.storage_id in seen:
                     continue
-                touched[record.partition_key] = max(
-                    touched.get(record.partition_key, 0), record.storage_id
-                )
+                key = str(record.partition_key)  # a MultiPartitionKey: not a plain str
+                touched[key] = max(touched.get(key, 0), record.storage_id)
                 newest = max(newest, record.storage_id)
             if not result.has_more:
                 break
@@ -133,14 +132,21 @@ def publish_sensor(config: AppConfig) -> dg.SensorDefinition:
     def sensor(context: dg.SensorEvaluationContext):
         if not context.cursor:
             seed = _latest_storage_id(context.instance)
-            cursor = {"after": seed, "pending": {}, "seen": []}
+            # What is already there counts as seen, the overlap included: not re-requested.
+            _, _, seen = _new_materializations(context.instance, seed, set())
+            cursor = {"after": seed, "pending": {}, "seen": sorted(seen)}
             context.update_cursor(orjson.dumps(cursor).decode())
             return dg.SkipReason(f"cursor seeded at storage id {seed}")
         cursor = orjson.loads(context.cursor)
         touched, newest, seen = _new_materializations(
             context.instance, cursor["after"], set(cursor.get("seen", []))
         )
-        candidates = {**cursor["pending"], **touched}
+        configured = {entry.key for entry in config.tenants}
+        candidates = {
+            key: storage_id
+            for key, storage_id in {**cursor["pending"], **touched}.items()
+            if key.split("|", 1)[-1] in configured  # a tenant removed from the config: skip
+        }
         if not candidates:
             context.update_cursor(
                 orjson.dumps({"after": newest, "pending": {}, "seen": sorted(seen)}).decode()
