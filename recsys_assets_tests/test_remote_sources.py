@@ -26,6 +26,7 @@ from recsys_assets.events.remote_sources import (
     PostgresEventSource,
     S3EventSource,
     SourceInput,
+    SourceReadError,
     partition_lines,
 )
 from recsys_assets.events.sources import FilesystemEventSource, RawInput
@@ -93,6 +94,8 @@ def flat_file() -> bytes:
             {**event(item_id="K"), "ts": "2026-01-02t00:30:00+01:00"},  # 2026-01-01 23:30Z
             '{"v":1,"ts":"2026-01-01T09:00:00Z","tenant":"d\\u0065mo","surface":"home",'
             '"session_id":"s9","item_id":"L"}',
+            '{"v":1,"ts":"2026\\u002d01\\u002d01T09:00:00Z","tenant":"demo","surface":"home",'
+            '"session_id":"s9","item_id":"L2"}',
             event(tenant=" demo ", item_id="M"),
             event(item_id="N", session_id=""),  # a reject of JAN1
             event(day="2026-01-02", item_id="O", v=2),  # a reject of 2026-01-02
@@ -372,7 +375,7 @@ def test_postgres_statement_timeout_applies(
     with psycopg.connect(pg_db_dsn) as blocker:
         blocker.execute("LOCK TABLE exposure_events IN ACCESS EXCLUSIVE MODE")
         source = PostgresEventSource(dsn=pg_db_dsn, statement_timeout_s=1)
-        with pytest.raises(Exception, match="statement timeout"):
+        with pytest.raises(SourceReadError, match="statement timeout"):
             source.read(JAN1)
 
 

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from recsys_assets.signals.db import (
+    DbError,
     SchemaMismatch,
     UnknownTenant,
     connect,
@@ -149,6 +150,9 @@ def test_bad_frames_are_refused_before_any_write(db: psycopg.Connection, tenant:
         write_day_signals(db, tenant, "home", DAY, pl.DataFrame({"item_id": ["A"]}), covisit())
     with pytest.raises(ValueError, match="count must be >= 0"):
         write_day_signals(db, tenant, "home", DAY, popularity(A=-1), covisit())
+    nan = pl.DataFrame({"item_id": ["A"], "count": [float("nan")]})
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        write_day_signals(db, tenant, "home", DAY, nan, covisit())
     assert rows(db, "item_popularity_daily") == []
 
 
@@ -305,7 +309,7 @@ def test_a_write_for_an_unknown_tenant_id_is_a_clear_error(db: psycopg.Connectio
 
 
 def test_connect_names_the_server_without_the_password():
-    with pytest.raises(Exception, match="cannot connect to PostgreSQL at /nonexistent") as failure:
+    with pytest.raises(DbError, match="cannot connect to PostgreSQL at /nonexistent") as failure:
         connect("postgresql://u:secret@/db?host=/nonexistent", statement_timeout_s=1)
     assert "secret" not in str(failure.value)
 

@@ -257,28 +257,26 @@ def _cooc(
 
 
 def _upper_pair_counts(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entries above the diagonal of x.T @ x as (row, column, value), sorted by row, column.
+    """Entries above the diagonal of C = x.T @ x as (row, column, value), sorted.
 
-    The product is computed in row blocks of x.T on a thread pool (scipy's kernels release
-    the GIL); each block's rows are contiguous, so concatenating keeps the order.
+    C is symmetric, so its upper part in rows [lo, hi) is read from D = C[lo:, lo:hi] =
+    x[:, lo:].T @ x[:, lo:hi]: with several column blocks that is about half of the full
+    product's work. D's CSC form lists, for each column, its rows sorted, which is the
+    wanted order. Blocks run on a thread pool (scipy's kernels release the GIL) and are
+    concatenated in order.
     """
     n_items = x.shape[1]
-    xt = x.T.tocsr()
-    bounds = np.linspace(0, n_items, _workers() + 1).astype(np.int64)
+    by_column = x.tocsc()
+    bounds = np.linspace(0, n_items, 8 * _workers() + 1).astype(np.int64)
 
     def block(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        product = xt[lo:hi] @ x
-        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(product.indptr))
-        upper = product.indices > rows
-        # Sort the columns of each row (only the kept half) through a CSR of the upper part.
-        kept = sp.csr_matrix(
-            (product.data[upper], product.indices[upper], _indptr(rows[upper] - lo, hi - lo)),
-            shape=(hi - lo, n_items),
-        )
-        kept.sort_indices()
-        return rows[upper], kept.indices, kept.data
+        d = (by_column[:, lo:].T @ by_column[:, lo:hi].tocsr()).tocsc()
+        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(d.indptr))
+        columns = d.indices.astype(np.int64) + lo
+        upper = columns > rows
+        return rows[upper], columns[upper], d.data[upper]
 
-    with ThreadPoolExecutor(max_workers=len(bounds) - 1) as pool:
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
         parts = list(pool.map(block, bounds[:-1].tolist(), bounds[1:].tolist()))
     rows, columns, counts = (np.concatenate(column) for column in zip(*parts, strict=True))
     return rows, columns, counts

@@ -43,10 +43,10 @@ def cooc_payload(
     supported = (
         pairs if min_cooc_support <= 1 else pairs.filter(pl.col("count") >= min_cooc_support)
     )
-    ranked = item_counts.sort("item_id")
-    items = ranked["item_id"]
+    by_id = item_counts.sort("item_id")
+    items = by_id["item_id"]
     anchors, first, second, count = _exposed_anchors(
-        supported, items, ranked["count"].to_numpy(), max_items_per_artifact
+        supported, items, by_id["count"].to_numpy(), max_items_per_artifact
     )
     # Both directions of every pair that touches a kept anchor, anchor first.
     is_anchor = np.zeros(items.len(), dtype=bool)

@@ -3,10 +3,10 @@
 `version` is the SHA-256 of the RFC 8785 (JCS) serialization of the document without its
 `build` member. JCS is produced here with orjson (sorted keys, compact) and one correction:
 orjson writes some floats differently from ECMAScript's Number.prototype.toString, which JCS
-prescribes (`1.0` vs `1`, `1e-6` vs `0.000001`, `1e+16` vs `10000000000000000`). Those
-number tokens are found with a regular expression, checked to lie outside strings, and
-rewritten; the rest of orjson's output (string escaping, UTF-8, no whitespace) already is
-JCS. Tests compare the result with the `rfc8785` package over generated documents.
+prescribes (`1.0` vs `1`, `1e-6` vs `0.000001`, `1e+16` vs `10000000000000000`). Such number
+tokens are located with a vectorized scan, checked to lie outside strings, and rewritten; the
+rest of orjson's output (string escaping, UTF-8, no whitespace) already is JCS. Tests compare
+the result with the `rfc8785` package over generated documents.
 
 Two limits, irrelevant to the documents built here: keys are sorted by code point (JCS sorts
 by UTF-16 code unit; the orders differ only between non-BMP characters and U+E000..U+FFFF),

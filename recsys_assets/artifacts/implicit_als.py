@@ -1,22 +1,23 @@
 """Implicit payload (SPEC §4): collaborative recommendations from ALS (the `implicit` library).
 
-The model trains on every known user's exposures of the window (confidence = alpha * count),
-so that the item factors use all the evidence; only the most active users (exposures, ties
-by id), at most `artifacts.implicit.max_users`, get a row. Recommendations leave out the
-items the user was already shown (`filter_already_liked_items=True`: an artifact of things
-the user has seen adds nothing), so a user who has seen every item gets no row.
+The model trains on every known user's exposures of the window (implicit's confidence:
+alpha * count), so that the item factors use all the evidence; only the most active users
+(exposures, ties by id), at most `artifacts.implicit.max_users`, get a row. Recommendations
+leave out the items the user was already shown, as `filter_already_liked_items=True` does:
+an artifact of things the user has seen adds nothing. A user who has seen every item gets
+no row.
 
 Determinism: factors are seeded by `random_state`; BLAS runs single-threaded while fitting and
 scoring (threadpoolctl, which works even when numpy was imported before OPENBLAS_NUM_THREADS
-could be set), and ALS runs on `num_threads` threads, each user's and item's solve being
-independent of scheduling. Same input and parameters give bit-identical scores on the same
-machine; another CPU or BLAS build may change the last bits, so the version may differ.
+could be set); ALS and scoring run on `num_threads` threads (0: all cores), each user's and
+item's solve being independent of scheduling, so the thread count does not change a bit.
+Another CPU or BLAS build may change the last bits of the scores, hence the version.
 
-Ranking: ALS returns each user's best max_items_per_user + 16 unseen items; their scores are
-clipped at 0, rounded to 6 decimals and re-sorted by (score descending, item id), then cut
-to max_items_per_user. Ties at the cut are thus broken by id among those candidates, which
-is exact unless more than max_items_per_user extra items tie at the cut score (in practice
-only clipped zeros can).
+Ranking: each user's best max_items_per_user + 16 unseen items are taken from ALS; their
+scores are clipped at 0, rounded to 6 decimals and re-sorted by (score descending, item id),
+then cut to max_items_per_user. Ties at the cut are thus broken by id among those
+candidates, which is exact unless more than 16 further items tie at the cut score (in
+practice only clipped zeros can).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from recsys_assets.artifacts.envelope import json_scores, round_scores
 from recsys_assets.artifacts.ranking import check_cap, codes, most_active, nest
 
-# Score of an item `recommend` filtered out (already seen): float32's lowest value.
+# Score of a slot without an item (implicit's filtered score): float32's lowest value.
 _FILTERED = np.finfo(np.float32).min
 # Extra candidates asked of ALS so that ties at the cut are broken by id among them.
 _TIE_MARGIN = 16

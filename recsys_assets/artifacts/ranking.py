@@ -79,14 +79,6 @@ def _row_value_tie_order(row: np.ndarray, rank: np.ndarray, tie: np.ndarray) -> 
     return np.argsort(key, kind="stable")
 
 
-def top_per_group(
-    frame: pl.DataFrame, *, group: str, by: list[str], descending: list[bool], k: int
-) -> pl.DataFrame:
-    """The first `k` rows of each group in (`by`, `descending`) order; sorted by group first."""
-    ordered = frame.sort([group, *by], descending=[False, *descending])
-    return ordered.filter(pl.int_range(pl.len()).over(group) < k)
-
-
 def most_active(frame: pl.DataFrame, *, key: str, activity: str, k: int) -> pl.DataFrame:
     """The `k` rows with the largest `activity`, ties by `key` ascending; sorted by `key`."""
     return frame.sort([activity, key], descending=[True, False]).head(k).sort(key)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
+import re
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -102,18 +102,28 @@ def partition_lines(chunks: Iterable[bytes], partition: Partition) -> bytes:
     tenant = partition.tenant.encode()
     surface = partition.surface.encode()
     day = partition.day.isoformat().encode()
-    near = tuple(
+    before, after = (
         (partition.day + dt.timedelta(days=offset)).isoformat().encode() for offset in (-1, 1)
     )
 
-    def keep(line: bytes) -> bool:
-        if b"\\" in line:
-            return True
-        if tenant not in line or surface not in line:
-            return False
-        if day in line:
-            return True
-        return any(other in line for other in near) and _may_be_day(line, partition.day)
+    def kept(block: bytes) -> list[bytes]:
+        near = (before in block or after in block) and not _all_utc(block)
+        # Most blocks of a many-day file hold none of the days: skip them unsplit.
+        if not (day in block or near or b"\\" in block):
+            return []
+        lines = [
+            line
+            for line in block.split(b"\n")
+            if (
+                tenant in line
+                and surface in line
+                and (day in line or (near and (before in line or after in line)))
+            )
+            or b"\\" in line
+        ]
+        if not near:
+            return lines
+        return [line for line in lines if day in line or _may_be_day(line, day)]
 
     out = io.BytesIO()
     carry = b""
@@ -124,18 +134,40 @@ def partition_lines(chunks: Iterable[bytes], partition: Partition) -> bytes:
             carry = block
             continue
         carry = block[cut + 1 :]
-        kept = [line for line in block[:cut].split(b"\n") if keep(line)]
-        if kept:
-            out.write(b"\n".join(kept))
+        lines = kept(block[:cut])
+        if lines:
+            out.write(b"\n".join(lines))
             out.write(b"\n")
-    if carry and keep(carry):
-        out.write(carry)
+    lines = kept(carry) if carry else []
+    if lines:
+        out.write(lines[0])
         out.write(b"\n")
     return out.getvalue()
 
 
-def _may_be_day(line: bytes, day: dt.date) -> bool:
-    """False only when the line's `ts` is a timestamp with an offset on another UTC day."""
+# Each match holds one `"ts"`, so as many matches as `"ts"` means every one of them is
+# `"ts":"...Z"`.
+_UTC_TS = re.compile(rb'"ts":"[^"\n]*[Zz]"')
+
+
+def _all_utc(block: bytes) -> bool:
+    """Whether every `ts` in the block is written in UTC (`Z`), so that its written date is
+    its UTC day. A backslash can fake or hide a quote, but lines with one are kept anyway."""
+    return block.count(b'"ts"') == len(_UTC_TS.findall(block))
+
+
+def _may_be_day(line: bytes, day: bytes) -> bool:
+    """False only when the line's `ts` is provably on another UTC day than `day`."""
+    if b"\\" in line:  # an escape can hide a key or a quote from the byte checks below
+        return True
+    # Without backslashes every `"` is JSON structure, so a sole `"ts":"` is the top-level
+    # ts (or a nested one, and then the line has no ts and belongs nowhere); a `Z` time's
+    # UTC day is its written date.
+    at = line.find(b'"ts":"')
+    if at >= 0 and line.count(b'"ts"') == 1:
+        end = line.find(b'"', at + 6)
+        if end > 0 and line[end - 1 : end] in (b"Z", b"z"):
+            return line[at + 6 : at + 16] == day
     try:
         fields = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -147,82 +179,80 @@ def _may_be_day(line: bytes, day: dt.date) -> bool:
         when = dt.datetime.fromisoformat(ts.upper())
     except ValueError:
         return True
-    return when.tzinfo is None or when.astimezone(dt.UTC).date() == day
+    return when.tzinfo is None or when.astimezone(dt.UTC).date().isoformat().encode() == day
 
 
 class SourceReadError(DbError):
     """Reading exposure events from PostgreSQL failed."""
 
 
-# What a response item must be to give an event: an object with a string item_id and, if
-# any, an integer rank (a bigint's worth of digits). Never null, so `NOT` of it is the rest.
-_ITEM_OK = sql.SQL(
-    "jsonb_typeof(it.item -> 'item_id') IS NOT DISTINCT FROM 'string'"
-    " AND (jsonb_typeof(it.item -> 'rank') IS NULL"
-    " OR jsonb_typeof(it.item -> 'rank') = 'null'"
-    " OR (jsonb_typeof(it.item -> 'rank') = 'number'"
-    " AND (it.item ->> 'rank') ~ '^-?[0-9]{1,18}$'))"
-)
-_ITEMS = sql.SQL(
-    "jsonb_array_elements(CASE WHEN jsonb_typeof(e.response -> 'items') = 'array'"
-    " THEN e.response -> 'items' ELSE '[]' END) WITH ORDINALITY AS it (item, pos)"
-)
-# Each valid item as one event line, built by the server; values are JSON-encoded there.
-_EVENTS = sql.SQL(
+# One COPY row per exposure row: its items' event lines joined by RS (\x1e), which COPY's
+# text format passes through and JSON never holds raw. A line that is not an event is a
+# reject: "!" and a JSON array [id, request_id, reason, detail] (an event starts with "{").
+# The parts of a line shared by a row's items (`head`, `tail`) are built once per row: the
+# inner `OFFSET 0` keeps the planner from inlining them into the per-item expression.
+_LINES = sql.SQL(
     """
     COPY (
-        SELECT concat(
-            '{{"v":1,"ts":"',
-            to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-            '","tenant":', {tenant_json}, ',"surface":', {surface_json},
-            ',"session_id":', to_json(e.session_id)::text,
-            ',"item_id":', (it.item -> 'item_id')::text,
-            ',"rank":', CASE WHEN jsonb_typeof(it.item -> 'rank') = 'number'
-                THEN it.item ->> 'rank' ELSE (it.pos - 1)::text END,
-            CASE WHEN e.request_id IS NOT NULL
-                THEN concat(',"request_id":"', e.request_id::text, '"') END,
-            CASE WHEN e.user_key IS NOT NULL
-                THEN concat(',"user_id":"', encode(e.user_key, 'hex'), '"') END,
-            '}}')
-        FROM {table} e CROSS JOIN LATERAL {items}
-        WHERE {partition} AND e.session_id IS NOT NULL AND {item_ok}
-        ORDER BY e.id, it.pos
+        SELECT CASE
+            WHEN r.session_id IS NULL THEN concat('!', json_build_array(
+                r.id, r.request_id, 'missing_field', 'session_id is null'))
+            WHEN jsonb_typeof(r.response -> 'items') IS DISTINCT FROM 'array'
+                THEN concat('!', json_build_array(r.id, r.request_id, 'bad_response',
+                    CASE WHEN jsonb_typeof(r.response) IS DISTINCT FROM 'object'
+                        THEN 'response is ' || coalesce(jsonb_typeof(r.response), 'null')
+                            || ', expected an object with an items array'
+                        ELSE 'response.items is '
+                            || coalesce(jsonb_typeof(r.response -> 'items'), 'missing')
+                            || ', expected an array' END))
+            ELSE (
+                SELECT string_agg(CASE
+                    WHEN jsonb_typeof(it.item -> 'item_id') IS NOT DISTINCT FROM 'string'
+                        AND CASE coalesce(jsonb_typeof(it.item -> 'rank'), 'null')
+                            WHEN 'null' THEN true
+                            WHEN 'number' THEN (it.item ->> 'rank') ~ '^-?[0-9]{{1,18}}$'
+                            ELSE false END
+                    THEN concat(r.head,
+                        ',"item_id":', (it.item -> 'item_id')::text,
+                        ',"rank":', CASE WHEN jsonb_typeof(it.item -> 'rank') = 'number'
+                            THEN it.item ->> 'rank' ELSE (it.pos - 1)::text END,
+                        r.tail)
+                    ELSE concat('!', json_build_array(r.id, r.request_id, 'bad_item',
+                        CASE WHEN jsonb_typeof(it.item) <> 'object'
+                            THEN format('response.items[%s] is a %s, expected an object',
+                                it.pos - 1, jsonb_typeof(it.item))
+                        WHEN jsonb_typeof(it.item -> 'item_id') IS NULL
+                            OR jsonb_typeof(it.item -> 'item_id') = 'null'
+                            THEN format('response.items[%s] has no item_id', it.pos - 1)
+                        WHEN jsonb_typeof(it.item -> 'item_id') <> 'string'
+                            THEN format('response.items[%s].item_id is a %s, expected a string',
+                                it.pos - 1, jsonb_typeof(it.item -> 'item_id'))
+                        ELSE format('response.items[%s].rank %s is not an integer',
+                            it.pos - 1, it.item -> 'rank') END))
+                    END, chr(30) ORDER BY it.pos)
+                FROM jsonb_array_elements(r.response -> 'items') WITH ORDINALITY AS it (item, pos))
+            END
+        FROM (
+            SELECT e.id, e.request_id, e.session_id, e.response,
+                concat('{{"v":1,"ts":"',
+                    to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    '","tenant":', to_json({tenant}::text), ',"surface":', to_json({surface}::text),
+                    ',"session_id":', to_json(e.session_id)) AS head,
+                concat(
+                    CASE WHEN e.request_id IS NOT NULL
+                        THEN concat(',"request_id":"', e.request_id, '"') END,
+                    CASE WHEN e.user_key IS NOT NULL
+                        THEN concat(',"user_id":"', encode(e.user_key, 'hex'), '"') END,
+                    '}}') AS tail
+            FROM {table} e
+            WHERE e.tenant_id = {tenant_id} AND e.surface = {surface}
+                AND e.occurred_at >= {start} AND e.occurred_at < {end}
+                AND e.response -> 'items' IS DISTINCT FROM '[]'
+            ORDER BY e.id
+            OFFSET 0
+        ) r
+        ORDER BY r.id
     ) TO STDOUT
-    """
-)
-_REJECTS = sql.SQL(
-    """
-    SELECT e.id, e.request_id::text, r.reason, r.detail
-    FROM {table} e CROSS JOIN LATERAL (
-        SELECT 'missing_field', 'session_id is null', 0::bigint WHERE e.session_id IS NULL
-        UNION ALL
-        SELECT 'bad_response',
-            CASE WHEN jsonb_typeof(e.response) IS DISTINCT FROM 'object'
-                THEN 'response is ' || coalesce(jsonb_typeof(e.response), 'null')
-                    || ', expected an object with an items array'
-                ELSE 'response.items is ' || coalesce(jsonb_typeof(e.response -> 'items'),
-                    'missing') || ', expected an array' END,
-            0::bigint
-        WHERE e.session_id IS NOT NULL
-            AND jsonb_typeof(e.response -> 'items') IS DISTINCT FROM 'array'
-        UNION ALL
-        SELECT 'bad_item',
-            CASE WHEN jsonb_typeof(it.item) <> 'object'
-                THEN format('response.items[%s] is a %s, expected an object',
-                    it.pos - 1, jsonb_typeof(it.item))
-            WHEN NOT it.item ? 'item_id' OR jsonb_typeof(it.item -> 'item_id') = 'null'
-                THEN format('response.items[%s] has no item_id', it.pos - 1)
-            WHEN jsonb_typeof(it.item -> 'item_id') <> 'string'
-                THEN format('response.items[%s].item_id is a %s, expected a string',
-                    it.pos - 1, jsonb_typeof(it.item -> 'item_id'))
-            ELSE format('response.items[%s].rank %s is not an integer',
-                it.pos - 1, it.item -> 'rank') END,
-            it.pos
-        FROM {items}
-        WHERE e.session_id IS NOT NULL AND NOT ({item_ok})
-    ) r (reason, detail, pos)
-    WHERE {partition}
-    ORDER BY e.id, r.pos
     """
 )
 _COLUMNS = (
@@ -242,11 +272,12 @@ class PostgresEventSource(RawEventSource):
     day, each response item as one event line (a per-day input: layout "day").
 
     The tenant is the tenants row whose `external_id` or `id::text` is the partition's
-    tenant. An item without `rank` gets its 0-based position in the response. The lines are
-    built and ordered (by row id, then item position) by the server and streamed with
-    `COPY ... TO STDOUT`. What cannot give an event is returned in `source_rejects`: a row
-    with a null `session_id` or a response that is not an object with an `items` array (one
-    entry per row), and each item that is not an object with a string `item_id` and an
+    tenant. An item without `rank` gets its 0-based position in the response; a row whose
+    `items` is empty gives nothing. The server builds the lines, in row id then item order,
+    and streams them with one `COPY ... TO STDOUT`, so events and rejects come from one
+    snapshot. What cannot give an event is returned in `source_rejects`, in the same order:
+    a row with a null `session_id` or a response that is not an object with an `items` array
+    (one entry per row), and each item that is not an object with a string `item_id` and an
     integer or absent `rank` (one entry per item; the row's other items still count).
     """
 
@@ -257,42 +288,26 @@ class PostgresEventSource(RawEventSource):
 
     def read(self, partition: Partition) -> SourceInput:
         table = table_identifier(self.exposure_table)
-        table_identifier(self.tenant_table)
+        table_identifier(self.tenant_table)  # refused before connecting, like the other
         with connect(self.dsn, self.statement_timeout_s) as conn:
             require_columns(conn, self.exposure_table, _COLUMNS)
             tenant_id = resolve_tenant(
                 conn, partition.tenant, auto_create=False, table=self.tenant_table
             )
             start, end = partition.window
-            where = sql.SQL(
-                "e.tenant_id = {tenant} AND e.surface = {surface}"
-                " AND e.occurred_at >= {start} AND e.occurred_at < {end}"
-            ).format(
-                tenant=sql.Literal(tenant_id),
+            lines = _LINES.format(
+                table=table,
+                tenant=sql.Literal(partition.tenant),
                 surface=sql.Literal(partition.surface),
+                tenant_id=sql.Literal(tenant_id),
                 start=sql.Literal(start),
                 end=sql.Literal(end),
             )
-            parts = {"table": table, "items": _ITEMS, "partition": where, "item_ok": _ITEM_OK}
-            events = _EVENTS.format(
-                tenant_json=sql.Literal(json.dumps(partition.tenant)),
-                surface_json=sql.Literal(json.dumps(partition.surface)),
-                **parts,
-            )
-            # Both statements read one snapshot, so events and rejects agree.
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
+            buffer = io.BytesIO()
             try:
-                with conn.cursor() as cur:
-                    buffer = io.BytesIO()
-                    with cur.copy(events) as copy:
-                        for block in copy:
-                            buffer.write(block)
-                    cur.execute(_REJECTS.format(**parts))
-                    rejects = [
-                        {"id": row[0], "request_id": row[1], "reason": row[2], "detail": row[3]}
-                        for row in cur.fetchall()
-                    ]
+                with conn.cursor() as cur, cur.copy(lines) as copy:
+                    for block in copy:
+                        buffer.write(block)
                 conn.commit()
             except psycopg.Error as exc:
                 raise SourceReadError(
@@ -300,8 +315,33 @@ class PostgresEventSource(RawEventSource):
                     f"{partition.surface} {partition.day} failed: {db_message(exc)}"
                 ) from exc
         data = buffer.getvalue()
+        del buffer
         if b"\\" in data:
             # COPY's text format doubles backslashes; the lines hold no other character it
             # escapes (JSON has already escaped control characters, tabs and newlines).
             data = data.replace(b"\\\\", b"\\")
+        data, rejects = _split_rejects(data.replace(b"\x1e", b"\n"))
         return SourceInput("day", data, f"postgres:{self.exposure_table}", source_rejects=rejects)
+
+
+def _split_rejects(data: bytes) -> tuple[bytes, list[dict[str, Any]]]:
+    """Event lines and the reject lines ("!" + [id, request_id, reason, detail]) apart."""
+    starts = [0] if data.startswith(b"!") else []
+    found = data.find(b"\n!")
+    while found >= 0:
+        starts.append(found + 1)
+        found = data.find(b"\n!", found + 1)
+    if not starts:
+        return data, []
+    view = memoryview(data)
+    events = io.BytesIO()
+    rejects = []
+    done = 0
+    for start in starts:
+        end = data.index(b"\n", start)
+        events.write(view[done:start])
+        row_id, request_id, reason, detail = orjson.loads(view[start + 1 : end])
+        rejects.append({"id": row_id, "request_id": request_id, "reason": reason, "detail": detail})
+        done = end + 1
+    events.write(view[done:])
+    return events.getvalue(), rejects

@@ -71,12 +71,16 @@ def connect(dsn: str, statement_timeout_s: int) -> psycopg.Connection:
     "recsys-assets".
 
     The timeout is set in its own committed statement: a `SET` inside a transaction that
-    later rolls back would be undone with it.
+    later rolls back would be undone with it. Connecting gives up after the same timeout
+    unless the DSN sets `connect_timeout` (libpq's default is to wait forever).
     """
     if statement_timeout_s <= 0:
         raise ValueError(f"db.statement_timeout_s must be > 0, got {statement_timeout_s}")
     try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME)
+        options = psycopg.conninfo.conninfo_to_dict(dsn)
+        options.setdefault("connect_timeout", max(statement_timeout_s, 2))
+        options["application_name"] = APPLICATION_NAME
+        conn = psycopg.connect(autocommit=True, **options)
     except psycopg.Error as exc:
         raise DbError(
             f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {db_message(exc)}"

@@ -91,8 +91,9 @@ def _checked(frame: pl.DataFrame, what: str, ids: list[str], value: str | None) 
     if value:
         if not frame[value].dtype.is_numeric():
             raise ValueError(f"{what} {value} must be numeric, got {frame[value].dtype}")
+        score = pl.col(value).cast(pl.Float64)
         out_of_range = frame.filter(
-            pl.col(value).is_null() | (pl.col(value) < 0) | (pl.col(value) >= MAX_SCORE)
+            score.is_null() | score.is_nan() | (score < 0) | (score >= MAX_SCORE)
         )
         if out_of_range.height:
             raise ValueError(
