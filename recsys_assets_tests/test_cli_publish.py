@@ -13,7 +13,9 @@ def test_run_publish_rollback_pin_unpin_status(tmp_path, cli_env):
     days = {f"2026-01-0{d}": lines(event(day=f"2026-01-0{d}", item_id=f"I{d}")) for d in (1, 2, 3)}
     write_days(tmp_path, days)
     config = str(write_config(tmp_path))
-    result = cli(["run", "--config", config, "--start", "2026-01-01", "--end", "2026-01-02"], cli_env)
+    result = cli(
+        ["run", "--config", config, "--start", "2026-01-01", "--end", "2026-01-02"], cli_env
+    )
     assert result.returncode == 0, result.stderr
     assert "current manifest:" in result.stdout
     day2 = current_version(tmp_path, "popularity")
@@ -22,9 +24,25 @@ def test_run_publish_rollback_pin_unpin_status(tmp_path, cli_env):
     assert status.returncode == 1  # 2026-01-03 is long past: stale
     assert "STALE" in status.stdout and day2[:12] in status.stdout
 
-    rollback = cli(["rollback", "--config", config, "--tenant", "demo", "--surface", "home",
-                    "--type", "popularity", "--previous", "--reason", "bad day",
-                    "--actor", "oncall@example"], cli_env)
+    rollback = cli(
+        [
+            "rollback",
+            "--config",
+            config,
+            "--tenant",
+            "demo",
+            "--surface",
+            "home",
+            "--type",
+            "popularity",
+            "--previous",
+            "--reason",
+            "bad day",
+            "--actor",
+            "oncall@example",
+        ],
+        cli_env,
+    )
     assert rollback.returncode == 0, rollback.stderr
     day1 = current_version(tmp_path, "popularity")
     assert day1 != day2
@@ -35,14 +53,30 @@ def test_run_publish_rollback_pin_unpin_status(tmp_path, cli_env):
     assert current_version(tmp_path, "popularity") == day1
     assert current_version(tmp_path, "cooc") != day1
 
-    unpin = cli(["unpin", "--config", config, "--tenant", "demo", "--surface", "home",
-                 "--type", "popularity", "--reason", "fixed"], cli_env)
+    unpin = cli(
+        [
+            "unpin",
+            "--config",
+            config,
+            "--tenant",
+            "demo",
+            "--surface",
+            "home",
+            "--type",
+            "popularity",
+            "--reason",
+            "fixed",
+        ],
+        cli_env,
+    )
     assert unpin.returncode == 0, unpin.stderr
     assert cli(["publish", "--config", config, "--start", "2026-01-03"], cli_env).returncode == 0
     assert current_version(tmp_path, "popularity") not in (day1, day2)
 
-    audit = [json.loads(x) for x in
-             (tmp_path / "out/registry/audit/demo/home.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(x)
+        for x in (tmp_path / "out/registry/audit/demo/home.jsonl").read_text().splitlines()
+    ]
     assert [(a["action"], a["actor"], a["reason"]) for a in audit] == [
         ("rollback", "oncall@example", "bad day"),
         ("unpin", audit[1]["actor"], "fixed"),
@@ -55,10 +89,37 @@ def test_rollback_to_an_unknown_version_fails_clearly(tmp_path, cli_env):
     config = str(write_config(tmp_path))
     assert cli(["run", "--config", config, "--start", "2026-01-01"], cli_env).returncode == 0
     before = (tmp_path / "out/registry/current/demo/home/manifest.json").read_bytes()
-    result = cli(["rollback", "--config", config, "--tenant", "demo", "--surface", "home",
-                  "--type", "cooc", "--version", "0" * 64], cli_env)
+    result = cli(
+        [
+            "rollback",
+            "--config",
+            config,
+            "--tenant",
+            "demo",
+            "--surface",
+            "home",
+            "--type",
+            "cooc",
+            "--version",
+            "0" * 64,
+        ],
+        cli_env,
+    )
     assert result.returncode == 1 and "no recorded version" in result.stderr
     assert (tmp_path / "out/registry/current/demo/home/manifest.json").read_bytes() == before
-    usage = cli(["rollback", "--config", config, "--tenant", "demo", "--surface", "home",
-                 "--type", "nope", "--previous"], cli_env)
+    usage = cli(
+        [
+            "rollback",
+            "--config",
+            config,
+            "--tenant",
+            "demo",
+            "--surface",
+            "home",
+            "--type",
+            "nope",
+            "--previous",
+        ],
+        cli_env,
+    )
     assert usage.returncode == 2
