@@ -141,3 +141,20 @@ def test_everything_on_s3(s3_connection, make_config, write_day, instance):  # n
     assert any(k.startswith("artifacts/demo/home/popularity/2026-01-01_2026-01-02/") for k in keys)
     assert "published/_registry/current/demo/home/manifest.json" in keys
     assert not (config.out_dir / "canonical").exists()
+
+
+def test_a_table_without_a_needed_column_is_refused_by_name(
+    pg_db_dsn,  # noqa: F811
+    make_config,
+    write_day,
+    instance,
+):
+    write_day(TINY)
+    config = make_config(db={"dsn": pg_db_dsn, "auto_migrate": True})
+    defs = build_definitions(config)
+    assert execute(defs, "recsys_daily", KEY, instance).success
+    with psycopg.connect(pg_db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE item_covisit_daily DROP COLUMN neighbor_id")
+    outcome = execute(defs, "db_signals", KEY, instance)
+    assert not outcome.success
+    assert any("item_covisit_daily" in m and "neighbor_id" in m for m in outcome.messages)

@@ -80,8 +80,59 @@ def _parse_ts(frame: pl.DataFrame) -> pl.Series:
     return fast.scatter(slow["i"], slow["ts"])
 
 
-def validate(decoded: DecodedLines) -> pl.DataFrame:
-    """Normalize fields and give each row the first rule it breaks (`reason`, `detail`)."""
+Rule = tuple[str, pl.Expr, pl.Expr]  # reason, condition, detail message
+
+
+def _field_rules() -> list[Rule]:
+    rules: list[Rule] = [
+        ("missing_field", pl.col("v").is_null(), pl.lit("v is missing")),
+        ("unsupported_version", pl.col("v") != 1, pl.format("v must be 1, got {}", "v")),
+    ]
+    for name in REQUIRED_FIELDS[1:]:
+        column = pl.col("ts_raw" if name == "ts" else name)
+        rules.append(("missing_field", column.is_null(), pl.lit(f"{name} is missing")))
+        rules.append(("empty_field", column.str.strip_chars() == "", pl.lit(f"{name} is empty")))
+    return rules + [
+        ("negative_rank", pl.col("rank") < 0, pl.format("rank must be >= 0, got {}", "rank")),
+        (
+            "bad_timestamp",
+            pl.col("ts").is_null(),
+            pl.format("ts is not an RFC 3339 timestamp: {}", "ts_raw"),
+        ),
+    ]
+
+
+def _partition_rules(partition: Partition) -> list[Rule]:
+    """What a per-day file adds: its lines must fall on its day and name its tenant/surface."""
+    start, end = partition.window
+    foreign = (pl.col("tenant") != partition.tenant) | (pl.col("surface") != partition.surface)
+    return [
+        (
+            "outside_window",
+            (pl.col("ts") < start) | (pl.col("ts") >= end),
+            pl.format("ts {} is outside {}", "ts_raw", pl.lit(partition.day.isoformat())),
+        ),
+        (
+            "wrong_partition",
+            foreign,
+            pl.format(
+                "event of {}/{} in the file of {}/{}",
+                "tenant",
+                "surface",
+                pl.lit(partition.tenant),
+                pl.lit(partition.surface),
+            ),
+        ),
+    ]
+
+
+def validate(decoded: DecodedLines, rules: list[Rule] | None = None) -> pl.DataFrame:
+    """Normalize fields and give each row the first rule it breaks (`reason`, `rule`).
+
+    Only the reason is computed for every row; `detail` is written for rejects alone
+    (`_rejects`), since formatting a message per row would cost as much as the parse.
+    """
+    rules = rules if rules is not None else _field_rules()
     frame = (
         decoded.frame.with_columns(
             [pl.col(name).str.strip_chars() for name in ID_FIELDS], ts_raw=pl.col("ts")
@@ -94,36 +145,25 @@ def validate(decoded: DecodedLines) -> pl.DataFrame:
         )
         .with_columns(ts=_parse_ts(decoded.frame))
     )
-    rules: list[tuple[pl.Expr, str, pl.Expr]] = [
-        (pl.col("v").is_null(), "missing_field", pl.lit("v is missing")),
-        (pl.col("v") != 1, "unsupported_version", pl.format("v must be 1, got {}", "v")),
-    ]
-    for name in REQUIRED_FIELDS[1:]:
-        column = pl.col("ts_raw" if name == "ts" else name)
-        rules.append((column.is_null(), "missing_field", pl.lit(f"{name} is missing")))
-        rules.append((column.str.strip_chars() == "", "empty_field", pl.lit(f"{name} is empty")))
-    rules += [
-        (pl.col("rank") < 0, "negative_rank", pl.format("rank must be >= 0, got {}", "rank")),
-        (
-            pl.col("ts").is_null(),
-            "bad_timestamp",
-            pl.format("ts is not an RFC 3339 timestamp: {}", "ts_raw"),
-        ),
-    ]
+    # First-listed wins: each `when` wraps the later ones; a JSON-level reason is kept.
     reason = pl.col("reason")
+    rule = pl.lit(None, pl.Int32)
+    for index, (name, condition, _) in reversed(list(enumerate(rules))):
+        broken = pl.col("reason").is_null() & condition
+        reason = pl.when(broken).then(pl.lit(name)).otherwise(reason)
+        rule = pl.when(broken).then(pl.lit(index, pl.Int32)).otherwise(rule)
+    return frame.with_columns(reason=reason, rule=rule)
+
+
+def _rejects(frame: pl.DataFrame, decoded: DecodedLines, rules: list[Rule]) -> pl.DataFrame:
+    """Rejected rows with the detail of the rule they broke and their raw line, by line."""
     detail = pl.col("detail")
-    for condition, name, message in reversed(rules):
-        reason = (
-            pl.when(pl.col("reason").is_null() & condition).then(pl.lit(name)).otherwise(reason)
-        )
-        detail = pl.when(pl.col("reason").is_null() & condition).then(message).otherwise(detail)
-    # The rules above are applied first-listed-wins: each `when` wraps the later ones.
-    return frame.with_columns(reason=reason, detail=detail)
-
-
-def _rejects(frame: pl.DataFrame, decoded: DecodedLines) -> pl.DataFrame:
-    """Rejected rows with their raw line, in line order."""
-    rejects = frame.select(line=pl.col("line_no"), reason="reason", detail="detail").sort("line")
+    for index, (_, _, message) in enumerate(rules):
+        detail = pl.when(pl.col("rule") == index).then(message).otherwise(detail)
+    rejects = frame.with_columns(detail=detail).select(
+        line=pl.col("line_no"), reason="reason", detail="detail"
+    )
+    rejects = rejects.sort("line")
     raw = pl.Series("raw", decoded.raw_lines(rejects["line"].to_list()), dtype=pl.String)
     return rejects.with_columns(raw)
 
@@ -136,9 +176,13 @@ def _finish(
 ) -> CanonicalPartition:
     events = rows.select([pl.col(n).cast(t) for n, t in EVENT_SCHEMA.items()])
     before = events.height
+    events = events.sort(SORT_KEYS, nulls_last=True)
     if dedup_exact:
-        events = events.unique(maintain_order=False)
-    events = events.sort(SORT_KEYS, nulls_last=True).rechunk()
+        # Sorted on every column that varies within a partition, exact duplicates are
+        # neighbours: cheaper than hashing whole rows.
+        repeat = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in SORT_KEYS])
+        events = events.filter(~repeat)
+    events = events.rechunk()
     reasons = rejects.group_by("reason").len().sort("reason")
     stats = events.select(
         sessions=pl.col("session_id").n_unique(),
@@ -165,35 +209,8 @@ def canonical_from_day_file(
     decoded: DecodedLines, partition: Partition, *, dedup_exact: bool = True
 ) -> CanonicalPartition:
     """A per-day file belongs to its partition line by line."""
-    start, end = partition.window
-    frame = validate(decoded)
-    outside = (pl.col("ts") < start) | (pl.col("ts") >= end)
-    frame = frame.with_columns(
-        reason=pl.when(pl.col("reason").is_null() & outside)
-        .then(pl.lit("outside_window"))
-        .when(
-            pl.col("reason").is_null()
-            & ((pl.col("tenant") != partition.tenant) | (pl.col("surface") != partition.surface))
-        )
-        .then(pl.lit("wrong_partition"))
-        .otherwise("reason"),
-        detail=pl.when(pl.col("reason").is_null() & outside)
-        .then(pl.format("ts {} is outside {}", "ts_raw", pl.lit(partition.day.isoformat())))
-        .when(
-            pl.col("reason").is_null()
-            & ((pl.col("tenant") != partition.tenant) | (pl.col("surface") != partition.surface))
-        )
-        .then(
-            pl.format(
-                "event of {}/{} in the file of {}/{}",
-                "tenant",
-                "surface",
-                pl.lit(partition.tenant),
-                pl.lit(partition.surface),
-            )
-        )
-        .otherwise("detail"),
-    )
+    rules = _field_rules() + _partition_rules(partition)
+    frame = validate(decoded, rules)
     counts = {
         "lines": decoded.total_lines,
         "blank_lines": decoded.blank_lines,
@@ -201,7 +218,7 @@ def canonical_from_day_file(
     }
     return _finish(
         frame.filter(pl.col("reason").is_null()),
-        _rejects(frame.filter(pl.col("reason").is_not_null()), decoded),
+        _rejects(frame.filter(pl.col("reason").is_not_null()), decoded, rules),
         counts,
         dedup_exact,
     )
@@ -240,7 +257,7 @@ def canonical_from_flat_file(
     }
     return _finish(
         mine.filter(pl.col("reason").is_null()),
-        _rejects(mine.filter(pl.col("reason").is_not_null()), decoded),
+        _rejects(mine.filter(pl.col("reason").is_not_null()), decoded, _field_rules()),
         counts,
         dedup_exact,
     )
@@ -265,8 +282,9 @@ def unattributed(
             detail=pl.when(pl.col("day").is_null())
             .then(pl.col("detail").fill_null("no tenant, surface or valid ts"))
             .otherwise(pl.format("{}/{} is not configured", "tenant", "surface")),
+            rule=pl.when(pl.col("day").is_null()).then("rule"),
         )
-        .pipe(_rejects, decoded)
+        .pipe(_rejects, decoded, _field_rules())
     )
 
 

@@ -18,6 +18,20 @@ from recsys_assets.signals.sink import write_day_signals, write_item_tags
 DB_SIGNALS = dg.AssetKey("db_signals")
 ITEM_TAGS = dg.AssetKey("item_tags")
 DAY_KINDS = ["item_counts", "cooc_pairs", "cooc_stats"]
+# What the sinks write (SPEC §7): a table without one of these is refused by name.
+NEEDED_COLUMNS = {
+    "item_popularity_daily": ("tenant_id", "namespace", "item_id", "day", "score", "updated_at"),
+    "item_covisit_daily": (
+        "tenant_id",
+        "namespace",
+        "item_id",
+        "neighbor_id",
+        "day",
+        "score",
+        "updated_at",
+    ),
+    "item_tags": ("tenant_id", "namespace", "item_id", "tags", "price", "created_at", "updated_at"),
+}
 
 
 class SignalDatabase(dg.ConfigurableResource):
@@ -34,7 +48,8 @@ class SignalDatabase(dg.ConfigurableResource):
         return bool(self.dsn)
 
     @contextmanager
-    def connection(self):
+    def connection(self, *tables: str):
+        """A connection, the schema applied when `auto_migrate`, `tables` checked."""
         from pathlib import Path
 
         dsn = db.resolve_dsn(self.dsn or "", Path(self.out_dir))
@@ -42,6 +57,8 @@ class SignalDatabase(dg.ConfigurableResource):
         try:
             if self.auto_migrate:
                 db.migrate(conn)
+            for table in tables:
+                db.require_columns(conn, table, NEEDED_COLUMNS[table])
             yield conn
         finally:
             conn.close()
@@ -108,7 +125,7 @@ def db_signals_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
             raise PartitionNotReady(f"no daily aggregates for {partition}")
         popularity, covisit = day_signal_frames(loaded[0], config, partition)
         started = time.perf_counter()
-        with signal_db.connection() as conn:
+        with signal_db.connection("item_popularity_daily", "item_covisit_daily") as conn:
             tenant_id = signal_db.tenant_id(conn, partition.tenant)
             counts = write_day_signals(
                 conn, tenant_id, partition.surface, partition.day, popularity, covisit
@@ -151,7 +168,7 @@ def item_tags_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinitio
         rows = catalog.filter(
             pl.col("namespace").is_null() | (pl.col("namespace") == entry.surface)
         ).unique("item_id", keep="first", maintain_order=True)
-        with signal_db.connection() as conn:
+        with signal_db.connection("item_tags") as conn:
             tenant_id = signal_db.tenant_id(conn, entry.tenant)
             counts = write_item_tags(conn, tenant_id, entry.surface, rows)
         return dg.MaterializeResult(
