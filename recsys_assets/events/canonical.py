@@ -90,8 +90,10 @@ def _field_rules() -> list[Rule]:
     ]
     for name in REQUIRED_FIELDS[1:]:
         column = pl.col("ts_raw" if name == "ts" else name)
+        # ids are trimmed already; ts is not, so blank means only white space
+        empty = column.str.contains(r"^\s*$") if name == "ts" else column == ""
         rules.append(("missing_field", column.is_null(), pl.lit(f"{name} is missing")))
-        rules.append(("empty_field", column.str.strip_chars() == "", pl.lit(f"{name} is empty")))
+        rules.append(("empty_field", empty, pl.lit(f"{name} is empty")))
     return rules + [
         ("negative_rank", pl.col("rank") < 0, pl.format("rank must be >= 0, got {}", "rank")),
         (
@@ -133,9 +135,13 @@ def validate(decoded: DecodedLines, rules: list[Rule] | None = None) -> pl.DataF
     (`_rejects`), since formatting a message per row would cost as much as the parse.
     """
     rules = rules if rules is not None else _field_rules()
+    padded = decoded.frame.select(
+        [pl.col(name).str.contains(r"^\s|\s$").any() for name in ID_FIELDS]
+    ).row(0)
     frame = (
         decoded.frame.with_columns(
-            [pl.col(name).str.strip_chars() for name in ID_FIELDS], ts_raw=pl.col("ts")
+            [pl.col(n).str.strip_chars() for n, pad in zip(ID_FIELDS, padded, strict=True) if pad],
+            ts_raw=pl.col("ts"),
         )
         .with_columns(
             [

@@ -164,12 +164,12 @@ RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:
 def _split_coerced(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split off rows where polars may have filled a string field from a JSON number.
 
-    A candidate is an id that looks numeric or a `ts` that is not RFC 3339; it is kept only
+    A candidate is an id that looks numeric or a `ts` that is not date-like; it is kept only
     when the raw line holds the value as a JSON string (`"field":"value"`).
     """
     candidate = pl.any_horizontal(
         [pl.col(name).str.contains(r"^[-\d]") for name in ID_FIELDS]
-        + [~pl.col("ts").str.contains(RFC3339)]
+        + [~pl.col("ts").str.contains(r"^\d{4}-")]  # a number polars made a string of
     ).fill_null(False)
     parsed = parsed.with_columns(candidate=candidate)
     suspects = parsed.filter(pl.col("candidate"))
