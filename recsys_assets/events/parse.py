@@ -40,6 +40,9 @@ JSON_SCHEMA = {
 # where a string belongs is caught after parsing (see `_coerced`).
 _SUSPECT = r'":\s*[\[{tf]'
 
+# An integer field holding something polars' Int64 parse refuses (which fails a whole block).
+_NOT_AN_INT = r'"(?:v|rank)"\s*:\s*(?:[^-\d\sn]|-?\d+[.eE])'
+
 BLOCK_LINES = 50_000
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -172,7 +175,7 @@ def _split_coerced(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         + [~pl.col("ts").str.contains(r"^\d{4}-")]  # a number polars made a string of
     ).fill_null(False)
     parsed = parsed.with_columns(candidate=candidate)
-    suspects = parsed.filter(pl.col("candidate"))
+    suspects = parsed.filter(pl.col("candidate")).rechunk()
     if suspects.height == 0:
         return parsed.drop("candidate"), suspects.drop("candidate")
     coerced = pl.any_horizontal(
@@ -226,7 +229,11 @@ def decode_lines(data: bytes) -> DecodedLines:
         | pl.col("raw").str.contains("\\u", literal=True)
     )
     if not whole_ok:  # some line is not an object: find them before parsing block by block
-        suspect = suspect | ~pl.col("raw").str.contains(r"^\s*\{.*\}\s*$")
+        suspect = (
+            suspect
+            | ~(pl.col("raw").str.contains(r"^\s*\{") & pl.col("raw").str.contains(r"\}\s*$"))
+            | pl.col("raw").str.contains(_NOT_AN_INT)
+        )
     lines = lines.with_columns(suspect=suspect)
 
     parts: list[pl.DataFrame] = []
