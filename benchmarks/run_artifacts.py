@@ -28,6 +28,8 @@ import polars as pl  # noqa: E402
 
 from benchmarks.generate import generate  # noqa: E402
 from benchmarks.measure import report, stage  # noqa: E402
+from benchmarks.run_canonical import DATA  # noqa: E402
+from benchmarks.run_canonical import LIMITS as CANONICAL_LIMITS  # noqa: E402
 from recsys_assets.artifacts.aggregates import daily_aggregates, merge_aggregates  # noqa: E402
 from recsys_assets.artifacts.content_sim import content_sim_payload  # noqa: E402
 from recsys_assets.artifacts.cooc import cooc_payload  # noqa: E402
@@ -40,17 +42,9 @@ from recsys_assets.events.assets import build_canonical_partition  # noqa: E402
 from recsys_assets.events.canonical import Partition  # noqa: E402
 from recsys_assets.events.store import CanonicalStore  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / ".data"
 DAY0 = dt.date(2026, 1, 1)
 SOURCE = "0" * 64
-LIMITS = {
-    "max_events_per_run": 100_000_000,
-    "max_sessions_per_run": 100_000_000,
-    "max_distinct_items_per_run": 100_000_000,
-    "max_users_per_run": 100_000_000,
-    "max_items_per_session": 200,
-    "max_excluded_event_ratio": 1.0,
-}
+LIMITS = {**CANONICAL_LIMITS, "max_excluded_event_ratio": 1.0}
 
 
 def canonical_days(events_per_day: int, days: int) -> CanonicalStore:
