@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     defs = build_definitions(config)
     with dg.instance_for_test() as instance, stage("asset end-to-end", results) as s:
-        outcome = execute(defs, "ingest", "2026-01-01|demo__home", instance)
+        outcome = execute(defs, "ingest_job", "2026-01-01|demo__home", instance)
         s.extra["success"] = outcome.success
     report(results, args.json)
     return 0 if outcome.success else 1

@@ -25,17 +25,20 @@ ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq"
 # subcommand -> (jobs run in order for each day, help)
 STEP_COMMANDS = {
     "run": (
-        ("recsys_daily", "publish"),
+        ("recsys_daily", "publish_job"),
         "build every asset of each day (canonical, checks, artifacts), then publish it",
     ),
-    "ingest": (("ingest",), "build canonical exposures for each day and check them"),
-    "validate": (("validate",), "re-evaluate the canonical guards of each day"),
+    "ingest": (("ingest_job",), "build canonical exposures for each day and check them"),
+    "validate": (("validate_job",), "re-evaluate the canonical guards of each day"),
     **{
-        name.replace("_", "-"): ((name,), f"stage the {name} artifact of each day, checked")
+        name.replace("_", "-"): (
+            (f"{name}_job",),
+            f"stage the {name} artifact of each day, checked",
+        )
         for name in ARTIFACT_TYPES
     },
-    "publish": (("publish",), "publish each day's staged artifacts and swap the manifest"),
-    "db-signals": (("db_signals",), "write each day's popularity/co-occurrence signals to db"),
+    "publish": (("publish_job",), "publish each day's staged artifacts and swap the manifest"),
+    "db-signals": (("db_signals_job",), "write each day's popularity/co-occurrence signals to db"),
 }
 REGISTRY_COMMANDS = ("rollback", "unpin", "status")
 CATALOG_HELP = "parse each tenant/surface's item catalog and write item_tags (when db is set)"
@@ -255,7 +258,7 @@ def _build_catalogs(defs, config: AppConfig, targets: list[TenantSurface], insta
     for entry in targets:
         if config.catalog_for(entry) is None:
             continue
-        outcome = execute(defs, "catalog", entry.key, instance)
+        outcome = execute(defs, "catalog_job", entry.key, instance)
         if not outcome.success:
             print(
                 f"{entry.tenant}/{entry.surface} catalog: FAILED, "

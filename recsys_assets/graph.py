@@ -98,7 +98,7 @@ def build_assets(config: AppConfig) -> list[dg.AssetsDefinition | dg.AssetChecks
 def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     """One job per CLI step (the reference system's `job_*` binaries)."""
     canonical = dg.AssetSelection.assets(CANONICAL)
-    return {
+    steps = {
         DAILY_JOB: (
             dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES, DB_SIGNALS),
             "Every asset of one UTC day for one tenant/surface, up to staged, checked "
@@ -130,6 +130,8 @@ def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
             "How old each current pointer of a tenant/surface is.",
         ),
     }
+    # Job names must not clash with asset op names (`publish`, `cooc`, ...) in one repository.
+    return {name if name == DAILY_JOB else f"{name}_job": step for name, step in steps.items()}
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
@@ -150,7 +152,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         executor=dg.in_process_executor,
         jobs=list(jobs.values()),
-        schedules=[daily_schedule, freshness_schedule(config, jobs["freshness"])],
+        schedules=[daily_schedule, freshness_schedule(config, jobs["freshness_job"])],
         sensors=[publish_sensor(config)],
         resources=build_resources(config),
     )

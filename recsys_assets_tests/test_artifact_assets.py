@@ -97,7 +97,7 @@ def test_tampered_artifact_fails_its_check(make_config, write_day, instance):
     document, folder = staged(config, "popularity")
     path = folder / f"{document['build']['version']}.json"
     path.write_bytes(path.read_bytes().replace(b'"count":2', b'"count":3'))
-    outcome = execute(defs, "popularity", KEY, instance)
+    outcome = execute(defs, "popularity_job", KEY, instance)
     assert not outcome.success
     assert any("popularity:valid" in c and "version" in c for c in outcome.failed_checks)
 

@@ -25,7 +25,7 @@ def snapshot(root) -> dict[str, tuple[bytes, int]]:
 def test_materialization_writes_partition_rejects_and_marker(make_config, write_day, instance):
     write_day(lines(event(), event(item_id="B", time="08:00:01"), event(), "", "{bad", event(v=9)))
     config = make_config(limits={"max_bad_row_ratio": 0.5})
-    outcome = execute(build_definitions(config), "ingest", KEY, instance)
+    outcome = execute(build_definitions(config), "ingest_job", KEY, instance)
     assert outcome.success, outcome.messages
 
     store = CanonicalStore(location=config.canonical_location)
@@ -60,9 +60,9 @@ def test_rerun_changes_no_byte_and_no_mtime(make_config, write_day, instance):
     write_day(lines(*[event(item_id=f"I{i}", time=f"08:00:{i:02d}") for i in range(30)], "{x"))
     config = make_config(limits={"max_bad_row_ratio": 0.5})
     defs = build_definitions(config)
-    assert execute(defs, "ingest", KEY, instance).success
+    assert execute(defs, "ingest_job", KEY, instance).success
     before = snapshot(config.out_dir)
-    assert execute(defs, "ingest", KEY, instance).success
+    assert execute(defs, "ingest_job", KEY, instance).success
     assert snapshot(config.out_dir) == before
 
 
@@ -76,7 +76,7 @@ def test_failing_guard_fails_the_run_and_names_the_rule(make_config, write_day, 
 
 def test_empty_day_is_an_empty_partition(make_config, instance):
     config = make_config(limits={"min_events_per_run": 0})
-    assert execute(build_definitions(config), "ingest", KEY, instance).success
+    assert execute(build_definitions(config), "ingest_job", KEY, instance).success
     events, marker = CanonicalStore(location=config.canonical_location).read_events(
         parse_partition_key(KEY)
     )
@@ -85,7 +85,7 @@ def test_empty_day_is_an_empty_partition(make_config, instance):
 
 def test_min_events_guard(make_config, instance):
     config = make_config(limits={"min_events_per_run": 1})
-    outcome = execute(build_definitions(config), "ingest", KEY, instance)
+    outcome = execute(build_definitions(config), "ingest_job", KEY, instance)
     assert not outcome.success
     assert any("event_volume" in c and "0 events" in c for c in outcome.failed_checks)
 
@@ -109,8 +109,8 @@ def test_flat_file_attributes_lines_and_quarantines_the_rest(make_config, tmp_pa
         limits={"max_bad_row_ratio": 0.6},
     )
     defs = build_definitions(config)
-    assert execute(defs, "ingest", KEY, instance).success
-    assert execute(defs, "ingest", "2026-01-02|demo__home", instance).success
+    assert execute(defs, "ingest_job", KEY, instance).success
+    assert execute(defs, "ingest_job", "2026-01-02|demo__home", instance).success
     store = CanonicalStore(location=config.canonical_location)
     day1, marker = store.read_events(parse_partition_key(KEY))
     day2, _ = store.read_events(parse_partition_key("2026-01-02|demo__home"))
@@ -147,7 +147,7 @@ def test_schedule_requests_previous_day_for_every_tenant_surface(make_config):
 def test_canonical_parquet_schema(make_config, write_day, instance):
     write_day(lines(event(user_id="u", request_id="r", rank=3)))
     config = make_config()
-    assert execute(build_definitions(config), "ingest", KEY, instance).success
+    assert execute(build_definitions(config), "ingest_job", KEY, instance).success
     frame = pl.read_parquet(config.out_dir / "canonical/demo/home/exposures/2026-01-01.parquet")
     assert frame.schema == pl.Schema(
         {

@@ -159,3 +159,16 @@ def test_dagster_asset_materialize_from_the_repo_root(tmp_path, cli_env):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out/canonical/demo/home/exposures/2026-01-01.parquet").exists()
     assert (tmp_path / "out/canonical/demo/home/markers/exposures/2026-01-01.json").exists()
+
+
+def test_code_location_loads_as_the_ui_loads_it(tmp_path, cli_env):
+    """What `dagster dev` does first: load and validate every definition of the location."""
+    env = {**cli_env, "RECSYS_CONFIG": str(REPO / "configs/env/sample.json")}
+    result = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-m", "recsys_assets"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

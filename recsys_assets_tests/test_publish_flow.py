@@ -24,7 +24,7 @@ def tick(defs: dg.Definitions, instance, cursor: str | None):
 
 def publish_requested(defs, instance, requests) -> None:
     for request in requests:
-        outcome = execute(defs, "publish", request.partition_key, instance)
+        outcome = execute(defs, "publish_job", request.partition_key, instance)
         assert outcome.success, outcome.messages
 
 
@@ -106,7 +106,7 @@ def test_backfill_of_an_older_day_keeps_current_on_the_newest(make_config, write
     for day in ("2026-01-02", "2026-01-01"):  # newest first, then the backfill
         key = f"{day}|demo__home"
         assert execute(defs, "recsys_daily", key, instance).success
-        assert execute(defs, "publish", key, instance).success
+        assert execute(defs, "publish_job", key, instance).success
     _, registry = publish_targets(config).stores()
     version = manifest(config)["current"]["popularity"].rsplit("/", 1)[1].removesuffix(".json")
     record = registry.record("demo", "home", "popularity", version)
@@ -119,10 +119,10 @@ def test_republishing_changes_nothing(make_config, write_day, instance):
     config = make_config()
     defs = build_definitions(config)
     assert execute(defs, "recsys_daily", KEY, instance).success
-    assert execute(defs, "publish", KEY, instance).success
+    assert execute(defs, "publish_job", KEY, instance).success
     path = config.out_dir / "registry/current/demo/home/manifest.json"
     before = path.read_bytes()
-    assert execute(defs, "publish", KEY, instance).success
+    assert execute(defs, "publish_job", KEY, instance).success
     assert path.read_bytes() == before
 
 
@@ -131,7 +131,7 @@ def test_failed_publish_leaves_current_untouched(make_config, write_day, instanc
     config = make_config()
     defs = build_definitions(config)
     assert execute(defs, "recsys_daily", KEY, instance).success
-    assert execute(defs, "publish", KEY, instance).success
+    assert execute(defs, "publish_job", KEY, instance).success
     path = config.out_dir / "registry/current/demo/home/manifest.json"
     before = path.read_bytes()
     # a new day whose staged popularity blob is tampered after its checks passed
@@ -142,7 +142,7 @@ def test_failed_publish_leaves_current_untouched(make_config, write_day, instanc
     version = (folder / "current.version").read_text().strip()
     blob = folder / f"{version}.json"
     blob.write_bytes(blob.read_bytes().replace(b'"count":1', b'"count":7'))
-    outcome = execute(defs, "publish", key2, instance)
+    outcome = execute(defs, "publish_job", key2, instance)
     assert not outcome.success
     assert any("popularity" in m and "version" in m for m in outcome.messages)
     assert path.read_bytes() == before
@@ -153,8 +153,8 @@ def test_freshness_check_per_tenant_surface(make_config, write_day, instance):
     config = make_config()
     defs = build_definitions(config)
     assert execute(defs, "recsys_daily", KEY, instance).success
-    assert execute(defs, "publish", KEY, instance).success
-    outcome = execute(defs, "freshness", "demo__home", instance)
+    assert execute(defs, "publish_job", KEY, instance).success
+    outcome = execute(defs, "freshness_job", "demo__home", instance)
     assert outcome.checks == {"manifest_freshness:fresh": False}  # 2026-01-02 is long gone
     schedule = defs.resolve_schedule_def("freshness_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -165,8 +165,8 @@ def test_partition_waits_until_every_type_is_checked(make_config, write_day, ins
     config = make_config()
     defs = build_definitions(config)
     _, cursor = tick(defs, instance, None)
-    assert execute(defs, "ingest", KEY, instance).success
-    assert execute(defs, "popularity", KEY, instance).success  # one type of four so far
+    assert execute(defs, "ingest_job", KEY, instance).success
+    assert execute(defs, "popularity_job", KEY, instance).success  # one type of four so far
     requests, cursor = tick(defs, instance, cursor)
     assert requests == []
     assert list(json.loads(cursor)["pending"]) == [KEY]

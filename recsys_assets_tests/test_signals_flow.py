@@ -61,7 +61,7 @@ def test_catalog_lands_in_item_tags(pg_db_dsn, make_config, tmp_path, instance):
     config = make_config(
         db={"dsn": pg_db_dsn, "auto_migrate": True}, catalog={"path": str(catalog)}
     )
-    outcome = execute(build_definitions(config), "catalog", "demo__home", instance)
+    outcome = execute(build_definitions(config), "catalog_job", "demo__home", instance)
     assert outcome.success, outcome.messages
     tags = rows(pg_db_dsn, "SELECT namespace, item_id, tags FROM item_tags ORDER BY item_id")
     assert [(n, i) for n, i, _ in tags] == [("home", "A"), ("home", "B")]
@@ -124,7 +124,7 @@ def test_everything_on_s3(s3_connection, make_config, write_day, instance):  # n
     )
     defs = build_definitions(config)
     assert execute(defs, "recsys_daily", KEY, instance).success
-    assert execute(defs, "publish", KEY, instance).success
+    assert execute(defs, "publish_job", KEY, instance).success
     import boto3
 
     client = boto3.client(
@@ -155,6 +155,6 @@ def test_a_table_without_a_needed_column_is_refused_by_name(
     assert execute(defs, "recsys_daily", KEY, instance).success
     with psycopg.connect(pg_db_dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE item_covisit_daily DROP COLUMN neighbor_id")
-    outcome = execute(defs, "db_signals", KEY, instance)
+    outcome = execute(defs, "db_signals_job", KEY, instance)
     assert not outcome.success
     assert any("item_covisit_daily" in m and "neighbor_id" in m for m in outcome.messages)
