@@ -222,12 +222,16 @@ def canonical_from_day_file(
         "blank_lines": decoded.blank_lines,
         "attributed_lines": decoded.total_lines - decoded.blank_lines,
     }
-    return _finish(
-        frame.filter(pl.col("reason").is_null()),
-        _rejects(frame.filter(pl.col("reason").is_not_null()), decoded, rules),
-        counts,
-        dedup_exact,
-    )
+    return _finish(*_split_valid(frame, decoded, rules), counts, dedup_exact)
+
+
+def _split_valid(
+    frame: pl.DataFrame, decoded: DecodedLines, rules: list[Rule]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Valid rows and rejects; with no reject the rows are the frame itself, not a copy."""
+    bad = frame.filter(pl.col("reason").is_not_null())
+    rows = frame if bad.height == 0 else frame.filter(pl.col("reason").is_null())
+    return rows, _rejects(bad, decoded, rules)
 
 
 def attribute(decoded: DecodedLines) -> pl.DataFrame:
@@ -261,12 +265,7 @@ def canonical_from_flat_file(
         "blank_lines": decoded.blank_lines,
         "attributed_lines": mine.height,
     }
-    return _finish(
-        mine.filter(pl.col("reason").is_null()),
-        _rejects(mine.filter(pl.col("reason").is_not_null()), decoded, _field_rules()),
-        counts,
-        dedup_exact,
-    )
+    return _finish(*_split_valid(mine, decoded, _field_rules()), counts, dedup_exact)
 
 
 def unattributed(
