@@ -25,7 +25,6 @@ from recsys_assets.events.parse import decode_lines
 from recsys_assets.events.remote_sources import (
     PostgresEventSource,
     S3EventSource,
-    SourceInput,
     SourceReadError,
     partition_lines,
 )
@@ -267,7 +266,7 @@ def test_postgres_rows_become_the_events_of_the_equivalent_jsonl(
         ),
         event(time="23:59:59.999999", item_id="D", rank=0),
     )
-    assert isinstance(got, SourceInput)
+    assert type(got) is RawInput
     assert (got.layout, got.name, got.source_rejects) == ("day", "postgres:exposure_events", [])
     assert [json.loads(line) for line in got.data.splitlines()] == [
         json.loads(line) for line in expected_lines.splitlines()

@@ -57,7 +57,7 @@ def canonical_asset(
             f"read {len(raw.data):,} bytes ({raw.layout}) from {raw.name}"
         )
         result, orphans = build_canonical_partition(raw.layout, raw.data, partition, config)
-        result = canon.with_source_rejects(result, getattr(raw, "source_rejects", []))
+        result = canon.with_source_rejects(result, raw.source_rejects)
         metadata: dict[str, object] = {}
         if orphans:
             name = f"{canon.sha256_hex(raw.data)}.jsonl"

@@ -9,6 +9,7 @@ line's verdict never depends on its neighbours.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Annotated
@@ -79,11 +80,15 @@ class DecodedLines:
     total_lines: int
     blank_lines: int
 
+    @functools.cached_property
+    def _line_ends(self) -> np.ndarray:
+        return np.cumsum(self.line_lengths.to_numpy().astype(np.int64) + 1) - 1
+
     def raw_lines(self, line_nos: list[int]) -> list[str]:
         """The text of the given 1-based lines, without the line break."""
         if not line_nos:
             return []
-        ends = np.cumsum(self.line_lengths.to_numpy().astype(np.int64) + 1) - 1
+        ends = self._line_ends
         out = []
         for line_no in line_nos:
             start = 0 if line_no == 1 else int(ends[line_no - 2]) + 1

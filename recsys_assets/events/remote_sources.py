@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Iterable
 from contextlib import closing
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,14 +31,6 @@ from recsys_assets.storage import _error_code, _s3_client
 
 # Bytes of the flat object read at a time: memory for the scan is about twice this.
 CHUNK_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SourceInput(RawInput):
-    """A source's input with the rows it could not turn into events (`id`, `request_id`,
-    `reason`, `detail`), to be merged into the partition's rejects."""
-
-    source_rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
 class S3EventSource(RawEventSource):
@@ -286,7 +277,7 @@ class PostgresEventSource(RawEventSource):
     exposure_table: str = "exposure_events"
     statement_timeout_s: int = 30
 
-    def read(self, partition: Partition) -> SourceInput:
+    def read(self, partition: Partition) -> RawInput:
         table = table_identifier(self.exposure_table)
         table_identifier(self.tenant_table)  # refused before connecting, like the other
         with connect(self.dsn, self.statement_timeout_s) as conn:
@@ -321,7 +312,7 @@ class PostgresEventSource(RawEventSource):
             # escapes (JSON has already escaped control characters, tabs and newlines).
             data = data.replace(b"\\\\", b"\\")
         data, rejects = _split_rejects(data.replace(b"\x1e", b"\n"))
-        return SourceInput("day", data, f"postgres:{self.exposure_table}", source_rejects=rejects)
+        return RawInput("day", data, f"postgres:{self.exposure_table}", source_rejects=rejects)
 
 
 def _split_rejects(data: bytes) -> tuple[bytes, list[dict[str, Any]]]:

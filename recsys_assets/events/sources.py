@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +21,9 @@ class RawInput:
     layout: str  # "day" | "flat" | "none"
     data: bytes
     name: str
+    # What a source could not turn into lines (a database row: `id`, `request_id`, `reason`,
+    # `detail`), merged into the partition's rejects.
+    source_rejects: list[dict] = field(default_factory=list)
 
 
 class RawEventSource(dg.ConfigurableResource, ABC):
