@@ -30,13 +30,15 @@ from benchmarks.generate import generate  # noqa: E402
 from benchmarks.measure import report, stage  # noqa: E402
 from benchmarks.run_canonical import DATA  # noqa: E402
 from benchmarks.run_canonical import LIMITS as CANONICAL_LIMITS  # noqa: E402
-from recsys_assets.artifacts.aggregates import daily_aggregates, merge_aggregates  # noqa: E402
+from recsys_assets.artifacts.aggregates import daily_aggregates  # noqa: E402
+from recsys_assets.artifacts.assets import SPECS  # noqa: E402
 from recsys_assets.artifacts.content_sim import content_sim_payload  # noqa: E402
 from recsys_assets.artifacts.cooc import cooc_payload  # noqa: E402
 from recsys_assets.artifacts.envelope import build_document, serialize  # noqa: E402
 from recsys_assets.artifacts.implicit_als import implicit_payload  # noqa: E402
 from recsys_assets.artifacts.popularity import popularity_payload  # noqa: E402
 from recsys_assets.artifacts.session_seq import session_seq_payload  # noqa: E402
+from recsys_assets.artifacts.window import aggregate_params, load_window  # noqa: E402
 from recsys_assets.config import parse_config  # noqa: E402
 from recsys_assets.events.assets import build_canonical_partition  # noqa: E402
 from recsys_assets.events.canonical import Partition  # noqa: E402
@@ -45,6 +47,7 @@ from recsys_assets.events.store import CanonicalStore  # noqa: E402
 DAY0 = dt.date(2026, 1, 1)
 SOURCE = "0" * 64
 LIMITS = {**CANONICAL_LIMITS, "max_excluded_event_ratio": 1.0}
+WINDOW_TYPES = ("popularity", "cooc", "session_seq")
 
 
 def canonical_days(events_per_day: int, days: int) -> CanonicalStore:
@@ -141,33 +144,55 @@ def one_day(events: int, results: list) -> None:
         s.extra |= {"bytes": versioned("implicit", payload, DAY0), "users": stats["users_written"]}
 
 
-def window(events_per_day: int, days: int, results: list) -> None:
+def window(events_per_day: int, days: int, results: list, implicit: bool = True) -> None:
+    """The next day of a `days`-day window, as the assets run it: aggregate and store the
+    day, then load the window (yesterday's window state + today - the day that left) and
+    build. The previous day's window is loaded first, cold (summing every day), as that
+    day's run would have done."""
     store = canonical_days(events_per_day, days + 1)
-    kinds = ["item_counts", "cooc_pairs", "cooc_stats", "user_item_counts", "user_transitions"]
-    kinds.append("item_transitions")
     out = Path(tempfile.mkdtemp(prefix="bench-window-"))
     aggregates = CanonicalStore(location=str(out))
+    config = parse_config(
+        {
+            "start_date": DAY0.isoformat(),
+            "tenants": [{"tenant": "demo", "surface": "home"}],
+            "out_dir": str(out),
+            "raw_source": {"dir": str(out)},
+            "limits": LIMITS,
+        }
+    )
+    entry = config.tenants[0]
+    params = aggregate_params(config, entry)
+    kinds = sorted({kind for name in WINDOW_TYPES for kind in SPECS[name].kinds})
     for offset in range(days):  # the window's history: aggregated once, as the asset does
         partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
         frame, marker = store.read_events(partition)
-        aggregates.write_aggregates(partition, daily_aggregates(frame), {}, marker["content_hash"])
+        aggregates.write_aggregates(
+            partition, daily_aggregates(frame, **params), params, marker["content_hash"]
+        )
     today = Partition("demo", "home", DAY0 + dt.timedelta(days=days))
-    frame, _ = store.read_events(today)
-    with stage("1-day: aggregate + popularity, cooc, session_seq", results):
-        frames = daily_aggregates(frame)
-        for artifact_type in ("popularity", "cooc", "session_seq"):
-            build(artifact_type, frames, today.day, 1)
-    with stage(f"{days}-day window: aggregate today + merge + build", results) as s:
-        frames = daily_aggregates(frame)
-        history = [
-            aggregates.read_aggregates(
-                Partition("demo", "home", today.day - dt.timedelta(days=back)), kinds
-            )[0]
-            for back in range(1, days)
-        ]
-        merged = {k: merge_aggregates(k, [frames[k], *(h[k] for h in history)]) for k in kinds}
-        for artifact_type in ("popularity", "cooc", "session_seq"):
-            s.extra[artifact_type] = build(artifact_type, merged, today.day, days)
+    frame, marker = store.read_events(today)
+
+    def next_day(window_days: int, stats: dict) -> dict:
+        day = daily_aggregates(frame, **params)
+        aggregates.write_aggregates(today, day, params, marker["content_hash"])
+        data = load_window(aggregates, config, entry, today.day, window_days, kinds)
+        stats |= {f"merge {kind}": how for kind, how in data.merge.items()}
+        for artifact_type in WINDOW_TYPES:
+            stats[artifact_type] = build(artifact_type, data.frames, today.day, window_days)
+        return data.frames
+
+    with stage("1-day: aggregate + popularity, cooc, session_seq", results) as s:
+        next_day(1, s.extra)
+    yesterday = today.day - dt.timedelta(days=1)
+    with stage(f"{days}-day window of the day before, cold (sums {days} days)", results) as s:
+        data = load_window(aggregates, config, entry, yesterday, days, kinds)
+        s.extra |= {f"merge {kind}": how for kind, how in data.merge.items()}
+    del data
+    with stage(f"{days}-day window, next day: aggregate + merge + build", results) as s:
+        merged = next_day(days, s.extra)
+    if not implicit:
+        return
     with stage(f"{days}-day window: implicit", results) as s:
         payload, stats = implicit_payload(merged["user_item_counts"])
         s.extra["users"] = stats["users_written"]
@@ -180,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-day", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-implicit", action="store_true", help="window: skip implicit")
     args = parser.parse_args(argv)
     results: list = []
     if args.mode == "one-day":
         one_day(args.events, results)
     else:
-        window(args.events_per_day, args.days, results)
+        window(args.events_per_day, args.days, results, implicit=not args.no_implicit)
     report(results, args.json)
     return 0
 

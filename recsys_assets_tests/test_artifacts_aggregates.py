@@ -16,12 +16,22 @@ from recsys_assets.artifacts.aggregates import (
     AGGREGATE_SCHEMAS,
     EVENTS_SCHEMA,
     TRANSITION_UNIT,
+    as_frame,
     daily_aggregates,
     empty_aggregate,
     merge_aggregates,
 )
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def day_frames(events: pl.DataFrame, **params: int) -> dict[str, pl.DataFrame]:
+    """A day's aggregates, every kind in frame form."""
+    return {kind: as_frame(kind, a) for kind, a in daily_aggregates(events, **params).items()}
+
+
+def merged_frame(kind: str, aggregates: list) -> pl.DataFrame:
+    return as_frame(kind, merge_aggregates(kind, aggregates))
 
 
 def events_frame(rows: list[tuple[int, str, str, str | None]]) -> pl.DataFrame:
@@ -59,7 +69,7 @@ SAMPLE = events_frame(
 
 
 def test_sample_counts_and_pairs():
-    aggregates = daily_aggregates(SAMPLE)
+    aggregates = day_frames(SAMPLE)
     assert set(aggregates) == set(AGGREGATE_KINDS)
     for kind, frame in aggregates.items():
         assert dict(frame.schema) == AGGREGATE_SCHEMAS[kind]
@@ -89,7 +99,7 @@ def test_a_pair_counts_once_per_session_and_crawlers_are_left_out():
             (9, "bot", "C", None),
         ]
     )
-    aggregates = daily_aggregates(events, max_items_per_session=2)
+    aggregates = day_frames(events, max_items_per_session=2)
     assert aggregates["cooc_pairs"].rows() == [("A", "B", 2)]
     assert aggregates["cooc_stats"].row(0, named=True) == {
         "sessions": 3,
@@ -111,7 +121,7 @@ def test_user_transitions_follow_time_across_sessions_and_count_repeats():
             (7, "s3", "C", "u2"),
         ]
     )
-    aggregates = daily_aggregates(events)
+    aggregates = day_frames(events)
     # u1: A -> B -> B -> C adds 1 to B twice and to C once; u2 has a single event.
     assert aggregates["user_transitions"].rows() == [("u1", "B", 2), ("u1", "C", 1)]
     assert aggregates["user_item_counts"].rows() == [
@@ -137,7 +147,7 @@ def test_same_timestamp_events_keep_the_canonical_rank_order():
         },
         schema=EVENTS_SCHEMA,
     )
-    aggregates = daily_aggregates(frame)
+    aggregates = day_frames(frame)
     assert aggregates["user_transitions"].rows() == [("u1", "A", 1)]
     assert aggregates["item_transitions"].rows() == [("C", "A", TRANSITION_UNIT)]
 
@@ -156,7 +166,7 @@ def test_item_transitions_weigh_one_over_gap_within_sessions_without_self():
     weights = {
         key: units / TRANSITION_UNIT
         for key, units in as_dict(
-            daily_aggregates(events, transition_window=3)["item_transitions"]
+            day_frames(events, transition_window=3)["item_transitions"]
         ).items()
     }
     # s1 = A B C A: gap 1 A>B B>C C>A, gap 2 A>C B>A, gap 3 A>A (self, left out); s2 = C B.
@@ -168,43 +178,47 @@ def test_item_transitions_weigh_one_over_gap_within_sessions_without_self():
         ("C", "A"): 1.0,
         ("C", "B"): 1.0,
     }
-    narrow = as_dict(daily_aggregates(events, transition_window=1)["item_transitions"])
+    narrow = as_dict(day_frames(events, transition_window=1)["item_transitions"])
     assert set(narrow) == {("A", "B"), ("B", "C"), ("C", "A"), ("C", "B")}
 
 
 def test_empty_day_gives_empty_frames_and_a_zero_stats_row():
-    aggregates = daily_aggregates(SAMPLE.clear())
+    aggregates = day_frames(SAMPLE.clear())
     for kind, frame in aggregates.items():
-        assert frame.equals(empty_aggregate(kind))
+        assert frame.equals(as_frame(kind, empty_aggregate(kind)))
         assert dict(frame.schema) == AGGREGATE_SCHEMAS[kind]
     assert aggregates["cooc_stats"].rows() == [(0, 0, 0, 0)]
 
 
 def test_merge_sums_days_by_key():
-    day1 = daily_aggregates(SAMPLE)
-    day2 = daily_aggregates(
+    day1 = day_frames(SAMPLE)
+    day2 = day_frames(
         events_frame([(0, "t1", "A", "u1"), (1, "t1", "B", "u1"), (2, "t2", "E", None)])
     )
-    merged = {kind: merge_aggregates(kind, [day1[kind], day2[kind]]) for kind in AGGREGATE_KINDS}
+    merged = {kind: merged_frame(kind, [day1[kind], day2[kind]]) for kind in AGGREGATE_KINDS}
     assert merged["item_counts"].rows() == [("A", 3), ("B", 2), ("C", 1), ("D", 1), ("E", 1)]
     assert merged["cooc_pairs"].rows() == [("A", "B", 2), ("A", "C", 1)]
     assert merged["cooc_stats"].rows() == [(5, 8, 0, 0)]
     assert merged["user_item_counts"].rows() == [("u1", "A", 1), ("u1", "B", 1)]
-    assert merge_aggregates("cooc_pairs", []).equals(empty_aggregate("cooc_pairs"))
-    assert merge_aggregates("cooc_stats", []).rows() == [(0, 0, 0, 0)]
+    assert merged_frame("cooc_pairs", []).equals(
+        as_frame("cooc_pairs", empty_aggregate("cooc_pairs"))
+    )
+    assert merged_frame("cooc_stats", []).rows() == [(0, 0, 0, 0)]
 
 
 def test_merge_and_daily_refuse_wrong_frames():
     with pytest.raises(ValueError, match="unknown aggregate kind 'pairs'"):
-        merge_aggregates("pairs", [])
-    with pytest.raises(ValueError, match="item_counts frame #0 has columns"):
-        merge_aggregates("item_counts", [pl.DataFrame({"item_id": ["A"]})])
+        merged_frame("pairs", [])
+    with pytest.raises(ValueError, match="cooc_pairs frame has columns"):
+        merged_frame("cooc_pairs", [pl.DataFrame({"item_id": ["A"]})])
+    with pytest.raises(ValueError, match="item_counts aggregate #0 is"):
+        merged_frame("item_counts", [pl.DataFrame({"item_id": ["A"]})])
     with pytest.raises(ValueError, match="max_items_per_session must be an integer >= 1, got 0"):
-        daily_aggregates(SAMPLE, max_items_per_session=0)
+        day_frames(SAMPLE, max_items_per_session=0)
     with pytest.raises(ValueError, match="session_seq.window must be an integer in 1..20, got 21"):
-        daily_aggregates(SAMPLE, transition_window=21)
+        day_frames(SAMPLE, transition_window=21)
     with pytest.raises(ValueError, match="column item_id of type String"):
-        daily_aggregates(SAMPLE.with_columns(pl.col("item_id").cast(pl.Categorical)))
+        day_frames(SAMPLE.with_columns(pl.col("item_id").cast(pl.Categorical)))
 
 
 # Random days: a few sessions, items and users, so that pairs and transitions repeat.
@@ -234,11 +248,11 @@ def brute_pairs(rows, cut_off: int) -> Counter:
 @given(event_rows, st.integers(1, 6))
 def test_pair_counts_equal_a_brute_force_count_and_are_deterministic(rows, cut_off):
     events = events_frame(rows)
-    first = daily_aggregates(events, max_items_per_session=cut_off)
+    first = day_frames(events, max_items_per_session=cut_off)
     pairs = as_dict(first["cooc_pairs"])
     assert pairs == dict(brute_pairs(rows, cut_off))
     assert all(item < neighbor for item, neighbor in pairs)
-    again = daily_aggregates(events, max_items_per_session=cut_off)
+    again = day_frames(events, max_items_per_session=cut_off)
     assert all(first[kind].equals(again[kind]) for kind in AGGREGATE_KINDS)
     for kind, frame in first.items():
         keys = [column for column in frame.columns if column.endswith("_id")]
@@ -252,8 +266,8 @@ def test_merging_days_equals_one_pass_when_no_session_crosses_midnight(first, se
     second = [
         (minute + 24 * 60, f"d2-{session}", item, user) for minute, session, item, user in second
     ]
-    days = [daily_aggregates(events_frame(rows)) for rows in (first, second)]
-    whole = daily_aggregates(events_frame(first + second))
+    days = [day_frames(events_frame(rows)) for rows in (first, second)]
+    whole = day_frames(events_frame(first + second))
     for kind in ("item_counts", "cooc_pairs", "cooc_stats", "user_item_counts", "item_transitions"):
-        merged = merge_aggregates(kind, [day[kind] for day in days])
+        merged = merged_frame(kind, [day[kind] for day in days])
         assert merged.equals(whole[kind]), kind

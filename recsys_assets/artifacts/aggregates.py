@@ -2,7 +2,9 @@
 
 Each kind is computed once per (UTC day, tenant, surface) by `daily_aggregates`, stored under
 `aggregates/<kind>/YYYY-MM-DD.parquet`, and summed over the days of an artifact window by
-`merge_aggregates`. Every frame is sorted by its key columns, which are unique.
+`merge_aggregates`. item_counts and cooc_stats are frames; the four pair kinds are `Coded`
+(integer codes over sorted id dictionaries, see `coded`), whose frame form (`as_frame`) has
+the columns below, sorted by its key columns, which are unique.
 
 Kinds (key columns first, then the summed value):
 - item_counts: item_id, count. Exposures of the item.
@@ -46,6 +48,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_assets.artifacts.coded import (
+    Coded,
+    coded_from_codes,
+    coded_from_ids,
+    combine,
+    empty_coded,
+)
 from recsys_assets.artifacts.ranking import codes
 
 AGGREGATE_KINDS = (
@@ -73,6 +82,8 @@ AGGREGATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "weight_units": pl.Int64(),
     },
 }
+PAIR_KINDS = ("cooc_pairs", "user_item_counts", "user_transitions", "item_transitions")
+Aggregate = pl.DataFrame | Coded
 AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
     "item_counts": ("item_id",),
     "cooc_pairs": ("item_id", "neighbor_id"),
@@ -95,17 +106,47 @@ MAX_TRANSITION_WINDOW = 20
 TRANSITION_UNIT = math.lcm(*range(1, MAX_TRANSITION_WINDOW + 1))
 
 
-def empty_aggregate(kind: str) -> pl.DataFrame:
-    """The frame of `kind` for a day without events."""
+def empty_aggregate(kind: str) -> Aggregate:
+    """The aggregate of `kind` for a day without events."""
     schema = _schema(kind)
+    if kind in PAIR_KINDS:
+        return empty_coded()
     if kind == "cooc_stats":
         return pl.DataFrame({name: [0] for name in schema}, schema=schema)
     return pl.DataFrame(schema=schema)
 
 
+def as_frame(kind: str, aggregate: Aggregate) -> pl.DataFrame:
+    """An aggregate in frame form; a pair kind's has its three columns, sorted by the keys."""
+    if isinstance(aggregate, pl.DataFrame):
+        return aggregate
+    schema = _pair_schema(kind)
+    coded = aggregate
+    names = list(schema)
+    return pl.DataFrame(
+        {
+            names[0]: coded.rows.gather(coded.row_codes()),
+            names[1]: coded.columns.gather(coded.matrix.indices),
+            names[2]: coded.matrix.data,
+        },
+        schema=schema,
+    )
+
+
+def as_coded(kind: str, aggregate: Aggregate) -> Coded:
+    """A pair aggregate in coded form, from either form."""
+    schema = _pair_schema(kind)
+    if isinstance(aggregate, Coded):
+        return aggregate
+    if dict(aggregate.schema) != schema:
+        raise ValueError(f"{kind} frame has columns {dict(aggregate.schema)}, expected {schema}")
+    first, second, value = schema
+    return coded_from_ids(aggregate[first], aggregate[second], aggregate[value].to_numpy(), kind)
+
+
 def daily_aggregates(
     events: pl.DataFrame, *, max_items_per_session: int = 200, transition_window: int = 3
-) -> dict[str, pl.DataFrame]:
+) -> dict[str, Aggregate]:
     """Every aggregate kind of one day's canonical events (kind -> frame)."""
     _check_events(events)
     if not isinstance(max_items_per_session, int) or max_items_per_session < 1:
@@ -161,48 +202,39 @@ def daily_aggregates(
     }
 
 
-def merge_aggregates(kind: str, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    """Sum the daily frames of `kind` by key; no frames give the empty aggregate."""
+def merge_aggregates(kind: str, aggregates: Sequence[Aggregate]) -> Aggregate:
+    """Sum the daily aggregates of `kind` by key; none give the empty aggregate.
+
+    Pair kinds (frames or coded) give a `Coded`; item_counts and cooc_stats a frame.
+    """
+    if kind in PAIR_KINDS:
+        return combine([(as_coded(kind, aggregate), 1) for aggregate in aggregates], kind)
     schema = _schema(kind)
-    for index, frame in enumerate(frames):
-        if dict(frame.schema) != schema:
-            raise ValueError(
-                f"{kind} frame #{index} has columns {dict(frame.schema)}, expected {schema}"
-            )
+    for index, frame in enumerate(aggregates):
+        if not isinstance(frame, pl.DataFrame) or dict(frame.schema) != schema:
+            found = dict(frame.schema) if isinstance(frame, pl.DataFrame) else type(frame)
+            raise ValueError(f"{kind} aggregate #{index} is {found}, expected columns {schema}")
     if kind == "cooc_stats":
-        if not frames:
+        if not aggregates:
             return empty_aggregate(kind)
-        return pl.concat(frames).sum()
-    present = [frame for frame in frames if frame.height]
+        return pl.concat(aggregates).sum()
+    present = [frame for frame in aggregates if frame.height]
     if not present:
         return empty_aggregate(kind)
     if len(present) == 1:
         return present[0]
-    if kind == "item_counts":
-        return pl.concat(present).group_by("item_id").agg(pl.col("count").sum()).sort("item_id")
-    # Pair kinds: encode ids over the union of the days, then sum entries with the same
-    # (first, second) codes as in the daily aggregation; hashing millions of string pairs in
-    # a group-by is several times slower.
-    first, second, value = schema
-    firsts = _union_ids([frame[first] for frame in present])
-    seconds = _union_ids([frame[second] for frame in present])
-    whole = pl.concat(present)
-    summed = _summed(
-        codes(whole[first], firsts, f"{kind}.{first}"),
-        codes(whole[second], seconds, f"{kind}.{second}"),
-        whole[value].to_numpy(),
-        (firsts.len(), seconds.len()),
-    )
-    return _frame(kind, summed, firsts, seconds)
-
-
-def _union_ids(columns: list[pl.Series]) -> pl.Series:
-    return pl.concat([column.unique() for column in columns]).unique().sort()
+    return pl.concat(present).group_by("item_id").agg(pl.col("count").sum()).sort("item_id")
 
 
 def _schema(kind: str) -> dict[str, pl.DataType]:
     if kind not in AGGREGATE_SCHEMAS:
         raise ValueError(f"unknown aggregate kind {kind!r}; known: {', '.join(AGGREGATE_KINDS)}")
+    return AGGREGATE_SCHEMAS[kind]
+
+
+def _pair_schema(kind: str) -> dict[str, pl.DataType]:
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"{kind!r} is not a pair aggregate; pair kinds: {', '.join(PAIR_KINDS)}")
     return AGGREGATE_SCHEMAS[kind]
 
 
@@ -229,7 +261,7 @@ def _cooc(
     session_length: np.ndarray,
     items: pl.Series,
     max_items_per_session: int,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[Coded, pl.DataFrame]:
     n_sessions, n_items = session_length.size, items.len()
     # Binary session x item matrix: duplicates summed by the COO -> CSR conversion, then
     # set to 1 so that a session counts a pair once.
@@ -243,7 +275,7 @@ def _cooc(
     if excluded.any():
         x = x[~excluded]
     x.data[:] = 1
-    pairs = _frame("cooc_pairs", _upper_pair_counts(x), items, items)
+    pairs = coded_from_codes(items, items, *_upper_pair_counts(x))
     stats = pl.DataFrame(
         {
             "sessions": [n_sessions],
@@ -282,72 +314,33 @@ def _upper_pair_counts(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nda
     return rows, columns, counts
 
 
-def _indptr(sorted_rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """CSR row pointers for entries whose (non-decreasing) row numbers are `sorted_rows`."""
-    return np.concatenate(([0], np.cumsum(np.bincount(sorted_rows, minlength=n_rows))))
-
-
-def _summed(
-    rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, sum of values) per distinct entry, sorted by row then column.
-
-    A COO -> CSR conversion sums duplicates with a counting sort, much faster than sorting
-    or hashing the keys.
-    """
-    matrix = sp.csr_matrix((values, (rows, columns)), shape=shape)
-    matrix.sum_duplicates()
-    entry_rows = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(matrix.indptr))
-    return entry_rows, matrix.indices, matrix.data
-
-
-def _frame(
-    kind: str,
-    entries: tuple[np.ndarray, np.ndarray, np.ndarray],
-    first: pl.Series,
-    second: pl.Series,
-) -> pl.DataFrame:
-    """The aggregate frame of `kind` from (first code, second code, value) entries."""
-    rows, columns, values = entries
-    schema = AGGREGATE_SCHEMAS[kind]
-    names = list(schema)
-    return pl.DataFrame(
-        {
-            names[0]: first.gather(rows),
-            names[1]: second.gather(columns),
-            names[2]: values.astype(np.int64, copy=False),
-        },
-        schema=schema,
-    )
-
-
 def _user_aggregates(
     events: pl.DataFrame, item_code: np.ndarray, items: pl.Series
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[Coded, Coded]:
     known = np.flatnonzero(events["user_id"].is_not_null().to_numpy())
     if known.size == 0:
         return empty_aggregate("user_item_counts"), empty_aggregate("user_transitions")
     users = events["user_id"].drop_nulls().unique().sort()
     user_code = codes(events["user_id"].gather(known), users, "user_id")
     user_item = item_code[known]
-    shape = (users.len(), items.len())
-    seen = _summed(user_code, user_item, np.ones(known.size, np.int64), shape)
+    seen = coded_from_codes(users, items, user_code, user_item, np.ones(known.size, np.int64))
     # Stable sort: each user's events stay in time order.
     order = np.argsort(user_code, kind="stable")
     user_seq, item_seq = user_code[order], user_item[order]
     follows = user_seq[1:] == user_seq[:-1]
-    moved = _summed(
-        user_seq[1:][follows], item_seq[1:][follows], np.ones(int(follows.sum()), np.int64), shape
+    moved = coded_from_codes(
+        users,
+        items,
+        user_seq[1:][follows],
+        item_seq[1:][follows],
+        np.ones(int(follows.sum()), np.int64),
     )
-    return (
-        _frame("user_item_counts", seen, users, items),
-        _frame("user_transitions", moved, users, items),
-    )
+    return seen, moved
 
 
 def _item_transitions(
     session_of: np.ndarray, session_items: np.ndarray, items: pl.Series, window: int
-) -> pl.DataFrame:
+) -> Coded:
     firsts, seconds, units = [], [], []
     for gap in range(1, window + 1):
         same_session = session_of[gap:] == session_of[:-gap]
@@ -357,8 +350,6 @@ def _item_transitions(
         firsts.append(first[moved])
         seconds.append(second[moved])
         units.append(np.full(int(moved.sum()), TRANSITION_UNIT // gap, dtype=np.int64))
-    n_items = items.len()
-    summed = _summed(
-        np.concatenate(firsts), np.concatenate(seconds), np.concatenate(units), (n_items, n_items)
+    return coded_from_codes(
+        items, items, np.concatenate(firsts), np.concatenate(seconds), np.concatenate(units)
     )
-    return _frame("item_transitions", summed, items, items)

@@ -29,8 +29,9 @@ import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsys_assets.artifacts.aggregates import Aggregate, as_coded
 from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, codes, most_active, nest
+from recsys_assets.artifacts.ranking import check_cap, most_active, nest
 
 # Score of a slot without an item (implicit's filtered score): float32's lowest value.
 _FILTERED = np.finfo(np.float32).min
@@ -39,7 +40,7 @@ _TIE_MARGIN = 16
 
 
 def implicit_payload(
-    user_item_counts: pl.DataFrame,
+    user_item_counts: Aggregate,
     *,
     factors: int = 64,
     regularization: float = 0.05,
@@ -52,9 +53,9 @@ def implicit_payload(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """`{"users": [{"user_id", "items": [{"item_id", "score"}]}]}` sorted by user id, and stats.
 
-    `user_item_counts` is the merged aggregate. Stats: users (known users), items,
-    interactions (user-item pairs), users_kept (the max_users most active), users_written
-    (kept users with at least one recommendation).
+    `user_item_counts` is the merged aggregate, coded or as a frame. Stats: users (known
+    users), items, interactions (user-item pairs), users_kept (the max_users most active),
+    users_written (kept users with at least one recommendation).
     """
     check_cap("artifacts.implicit.factors", factors)
     check_cap("artifacts.implicit.iterations", iterations)
@@ -66,27 +67,18 @@ def implicit_payload(
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
         raise ValueError(f"num_threads must be an integer >= 0 (0: all cores), got {num_threads!r}")
 
-    users = user_item_counts["user_id"].unique().sort()
-    items = user_item_counts["item_id"].unique().sort()
+    counts = as_coded("user_item_counts", user_item_counts)
+    users, items = counts.rows, counts.columns
     stats = {
         "users": users.len(),
         "items": items.len(),
-        "interactions": user_item_counts.height,
+        "interactions": counts.nnz,
         "users_kept": 0,
         "users_written": 0,
     }
     if users.len() == 0:
         return {"users": []}, stats
-    matrix = sp.csr_matrix(
-        (
-            user_item_counts["count"].to_numpy().astype(np.float32),
-            (
-                codes(user_item_counts["user_id"], users, "user_item_counts.user_id"),
-                codes(user_item_counts["item_id"], items, "user_item_counts.item_id"),
-            ),
-        ),
-        shape=(users.len(), items.len()),
-    )
+    matrix = counts.matrix.astype(np.float32)
     activity = pl.DataFrame(
         {"user": np.arange(users.len()), "activity": np.asarray(matrix.sum(axis=1)).ravel()}
     )

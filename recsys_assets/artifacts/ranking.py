@@ -43,12 +43,8 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
         return np.zeros(0, dtype=np.int64)
     candidates = np.arange(row.size)
     if row.size > 4 * k * np.count_nonzero(np.bincount(row - row.min())):
-        # Long rows: first keep what reaches each row's k-th largest value (grouped top-k).
-        frame = pl.DataFrame({"row": row, "value": value})
-        threshold = frame.group_by("row").agg(pl.col("value").top_k(k).min())
-        floor = np.zeros(int(row.max()) + 1, dtype=value.dtype)
-        floor[threshold["row"].to_numpy()] = threshold["value"].to_numpy()
-        candidates = np.flatnonzero(value >= floor[row])
+        # Long rows: first keep what reaches each row's k-th largest value.
+        candidates = np.flatnonzero(value >= _kth_largest(row, value, k))
     row, value, tie = row[candidates], value[candidates], tie[candidates]
     order = _row_value_tie_order(
         row.astype(np.int64), _descending_rank(value), tie.astype(np.int64)
@@ -57,6 +53,30 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
     first = np.flatnonzero(np.r_[True, ordered_rows[1:] != ordered_rows[:-1]])
     rank = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first, order.size]))
     return candidates[order[rank < k]]
+
+
+def _kth_largest(row: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """Each entry's row's k-th largest value (its smallest for shorter rows).
+
+    Rows given grouped (non-decreasing), and few of them long, are cut one by one with
+    np.partition; otherwise a grouped top-k in polars does it.
+    """
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    ends = np.r_[starts[1:], row.size]
+    long_rows = np.flatnonzero(ends - starts > k)
+    if long_rows.size <= 20_000 and np.all(row[1:] >= row[:-1]):
+        floor = np.full(
+            starts.size, np.iinfo(np.int64).min if value.dtype.kind in "iu" else -np.inf
+        )
+        for index in long_rows.tolist():
+            part = value[starts[index] : ends[index]]
+            floor[index] = np.partition(part, part.size - k)[part.size - k]
+        return np.repeat(floor, ends - starts)
+    frame = pl.DataFrame({"row": row, "value": value})
+    threshold = frame.group_by("row").agg(pl.col("value").top_k(k).min())
+    floor = np.zeros(int(row.max()) + 1, dtype=value.dtype)
+    floor[threshold["row"].to_numpy()] = threshold["value"].to_numpy()
+    return floor[row]
 
 
 def _descending_rank(value: np.ndarray) -> np.ndarray:

@@ -16,24 +16,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from recsys_assets.artifacts.aggregates import TRANSITION_UNIT
+from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
+from recsys_assets.artifacts.coded import Coded
 from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, codes, most_active, nest, top_k_per_row
+from recsys_assets.artifacts.ranking import check_cap, most_active, nest, top_k_per_row
 
 
 def session_seq_payload(
-    user_transitions: pl.DataFrame,
-    user_item_counts: pl.DataFrame,
-    item_transitions: pl.DataFrame,
+    user_transitions: Aggregate,
+    user_item_counts: Aggregate,
+    item_transitions: Aggregate,
     *,
     max_users: int = 100_000,
     max_items_per_user: int = 50,
     max_neighbors_per_item: int = 50,
     max_items_per_artifact: int = 1000,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """`{"users": [...], "transitions": [...]}` from merged aggregates, and stats.
+    """`{"users": [...], "transitions": [...]}` from merged aggregates (coded or frames).
 
     users: `[{"user_id", "items": [{"item_id", "score"}]}]` sorted by user id, at most
     max_users (artifacts.session_seq.max_users), each with at most max_items_per_user items
@@ -48,57 +50,71 @@ def session_seq_payload(
     check_cap("limits.max_items_per_user", max_items_per_user)
     check_cap("limits.max_neighbors_per_item", max_neighbors_per_item)
     check_cap("limits.max_items_per_artifact", max_items_per_artifact)
-    users, user_stats = _users(user_transitions, user_item_counts, max_users, max_items_per_user)
+    users, user_stats = _users(
+        as_coded("user_transitions", user_transitions),
+        as_coded("user_item_counts", user_item_counts),
+        max_users,
+        max_items_per_user,
+    )
     transitions, transition_stats = _transitions(
-        item_transitions, max_neighbors_per_item, max_items_per_artifact
+        as_coded("item_transitions", item_transitions),
+        max_neighbors_per_item,
+        max_items_per_artifact,
     )
     return {"users": users, "transitions": transitions}, {**user_stats, **transition_stats}
 
 
 def _users(
-    user_transitions: pl.DataFrame, user_item_counts: pl.DataFrame, cap: int, per_user: int
+    user_transitions: Coded, user_item_counts: Coded, cap: int, per_user: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    activity = user_item_counts.group_by("user_id").agg(activity=pl.col("count").sum())
+    activity = pl.DataFrame(
+        {"user_id": user_item_counts.rows, "activity": user_item_counts.row_sums()}
+    )
+    # Codes follow ids, so ranking by code breaks ties by id.
     scored = (
-        user_transitions.select(pl.col("user_id").unique())
-        .join(activity, on="user_id", how="left")
+        pl.DataFrame({"user_id": user_transitions.rows})
+        .with_row_index("code")
+        .join(activity, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("activity").fill_null(0))
     )
-    kept = most_active(scored, key="user_id", activity="activity", k=cap)["user_id"]
-    rows = user_transitions.filter(pl.col("user_id").is_in(kept.implode()))
-    items = rows["item_id"].unique().sort()
-    user = codes(rows["user_id"], kept, "user_transitions.user_id")
-    item = codes(rows["item_id"], items, "user_transitions.item_id")
-    count = rows["count"].to_numpy()
+    kept = most_active(scored, key="code", activity="activity", k=cap)["code"].to_numpy()
+    user, item, count = _rows(user_transitions, kept)
     top = top_k_per_row(user, count, item, per_user)
     nested = nest(
-        kept.gather(user[top]),
-        items.gather(item[top]).to_list(),
+        user_transitions.rows.gather(kept[user[top]]),
+        user_transitions.columns.gather(item[top]).to_list(),
         count[top].tolist(),
         row_key="user_id",
         list_key="items",
         value_key="score",
     )
-    return nested, {"users": scored.height, "users_written": len(nested)}
+    return nested, {"users": user_transitions.rows.len(), "users_written": len(nested)}
 
 
 def _transitions(
-    item_transitions: pl.DataFrame, per_item: int, cap: int
+    item_transitions: Coded, per_item: int, cap: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    outgoing = item_transitions.group_by("item_id").agg(activity=pl.col("weight_units").sum())
-    kept = most_active(outgoing, key="item_id", activity="activity", k=cap)["item_id"]
-    rows = item_transitions.filter(pl.col("item_id").is_in(kept.implode()))
-    following = rows["next_item_id"].unique().sort()
-    item = codes(rows["item_id"], kept, "item_transitions.item_id")
-    following_code = codes(rows["next_item_id"], following, "item_transitions.next_item_id")
-    score = round_scores(rows["weight_units"].to_numpy() / TRANSITION_UNIT)
-    top = top_k_per_row(item, score, following_code, per_item)
+    outgoing = pl.DataFrame({"activity": item_transitions.row_sums()}).with_row_index("code")
+    kept = most_active(outgoing, key="code", activity="activity", k=cap)["code"].to_numpy()
+    item, following, units = _rows(item_transitions, kept)
+    score = round_scores(units / TRANSITION_UNIT)
+    top = top_k_per_row(item, score, following, per_item)
     nested = nest(
-        kept.gather(item[top]),
-        following.gather(following_code[top]).to_list(),
+        item_transitions.rows.gather(kept[item[top]]),
+        item_transitions.columns.gather(following[top]).to_list(),
         json_scores(score[top]),
         row_key="item_id",
         list_key="items",
         value_key="score",
     )
-    return nested, {"transition_items": outgoing.height, "transition_rows_written": len(nested)}
+    return nested, {
+        "transition_items": item_transitions.rows.len(),
+        "transition_rows_written": len(nested),
+    }
+
+
+def _rows(coded: Coded, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in `kept`, column code, value) of the entries in the rows `kept`."""
+    rows = coded.matrix[kept]
+    position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(rows.indptr))
+    return position, rows.indices.astype(np.int64), rows.data

@@ -1,18 +1,45 @@
-"""Reading an artifact's window: the daily aggregates of its days, merged (SPEC §3, §4)."""
+"""Reading an artifact's window: the daily aggregates of its days, merged (SPEC §3, §4).
+
+item_counts and cooc_stats are small and summed from every day of the window. The pair kinds
+are large (a 28-day cooc window at 1M events a day holds ~50M pairs from ~100M daily rows),
+so each window's sum is kept as a *window state* next to the aggregates:
+
+    <tenant>/<surface>/windows/<kind>/<N>d-<params digest>/<last day>.bin  (+ .json)
+
+The state's marker lists the (day, content hash) of every daily file in the sum. The next
+day's window is yesterday's state + the new day - the day that left the window: one day of
+aggregation plus a merge, whatever N is. Any other difference (a day re-aggregated, a late
+day) is handled the same way when the old file is still there to subtract, and by summing
+every day afresh otherwise. Sums are exact integers in canonical form (see `coded`), so the
+result is identical either way; the state is only a cache, checked by hash before use, and
+the states more than a day older than the newest written are deleted.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import orjson
 import polars as pl
 
-from recsys_assets.artifacts.aggregates import daily_aggregates, merge_aggregates
+from recsys_assets.artifacts.aggregates import (
+    PAIR_KINDS,
+    Aggregate,
+    daily_aggregates,
+    merge_aggregates,
+)
+from recsys_assets.artifacts.coded import Coded, combine, raw_bytes, read_raw
 from recsys_assets.config import AppConfig, TenantSurface
-from recsys_assets.events.canonical import Partition
-from recsys_assets.events.store import CanonicalStore, PartitionNotReady
+from recsys_assets.events.canonical import Partition, sha256_hex
+from recsys_assets.events.store import AGGREGATES_FORMAT, CanonicalStore, PartitionNotReady
+
+STATE_FORMAT = 1
+# Beyond this many days to add or take out, summing the window afresh is as cheap.
+_MAX_STATE_CHANGES = 4
 
 
 def aggregate_params(config: AppConfig, entry: TenantSurface) -> dict[str, int]:
@@ -27,11 +54,13 @@ def aggregate_params(config: AppConfig, entry: TenantSurface) -> dict[str, int]:
 class WindowData:
     start: dt.date
     end: dt.date  # exclusive
-    frames: dict[str, pl.DataFrame]
+    frames: dict[str, Aggregate | pl.DataFrame]  # kind -> merged aggregate (or the catalog)
     days_present: list[dt.date]
     days_missing: list[dt.date]
     days_recomputed: list[dt.date]
     source_hash: str
+    # pair kind -> how its sum was obtained: reused, updated (+a -b days) or summed
+    merge: dict[str, str] = field(default_factory=dict)
 
 
 def window_bounds(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
@@ -49,43 +78,167 @@ def load_window(
 ) -> WindowData:
     """Merge the window's daily aggregates; a missing day is listed, never an error.
 
-    A day aggregated under other parameters (e.g. a changed `max_items_per_session`) is
-    re-aggregated from its canonical partition in memory, so an artifact never mixes rules.
+    A day aggregated under other parameters (e.g. a changed `max_items_per_session`) or in
+    an older storage format is re-aggregated from its canonical partition in memory, so an
+    artifact never mixes rules; such a window is summed afresh and not kept as a state.
     """
     start, end = window_bounds(day, window_days)
     params = aggregate_params(config, entry)
-    per_kind: dict[str, list[pl.DataFrame]] = {kind: [] for kind in kinds}
-    present, missing, recomputed, sources = [], [], [], []
-    current = start
-    while current < end:
+    markers: dict[dt.date, dict] = {}
+    recomputed: dict[dt.date, dict[str, Aggregate]] = {}
+    missing, sources = [], []
+    for current in _days(start, end):
         partition = Partition(entry.tenant, entry.surface, current)
-        loaded = store.read_aggregates(partition, kinds)
-        if loaded is None:
-            missing.append(current)
-            current += dt.timedelta(days=1)
-            continue
-        frames, marker = loaded
-        if marker["params"] != params:
+        marker = store.marker(partition, "aggregates")
+        source_hash = marker["source_hash"] if marker else None
+        if marker is not None and (
+            marker.get("v") != AGGREGATES_FORMAT or marker["params"] != params
+        ):
             try:
-                events, _ = store.read_events(partition)
+                events, canonical = store.read_events(partition)
             except PartitionNotReady:
-                missing.append(current)
-                current += dt.timedelta(days=1)
-                continue
-            frames = daily_aggregates(events, **params)
-            recomputed.append(current)
-        for kind in kinds:
-            per_kind[kind].append(frames[kind])
-        present.append(current)
-        sources.append([current.isoformat(), marker["source_hash"]])
-        current += dt.timedelta(days=1)
-    source_hash = hashlib.sha256(orjson.dumps(sources)).hexdigest()
+                marker = None
+            else:
+                recomputed[current] = daily_aggregates(events, **params)
+                source_hash = canonical["content_hash"]
+        if marker is None:
+            missing.append(current)
+            continue
+        markers[current] = marker
+        sources.append([current.isoformat(), source_hash])
+
+    def day_aggregate(current: dt.date, kind: str) -> Aggregate:
+        if current in recomputed:
+            return recomputed[current][kind]
+        partition = Partition(entry.tenant, entry.surface, current)
+        return store.read_aggregate(partition, kind, markers[current])
+
+    def merged(kind: str) -> tuple[Aggregate, str | None]:
+        if kind in PAIR_KINDS and not recomputed and window_days > 1:
+            states = _WindowStates(store, entry, kind, window_days, params)
+            return states.window(day, markers, day_aggregate)
+        how = "summed" if kind in PAIR_KINDS else None
+        return merge_aggregates(kind, [day_aggregate(d, kind) for d in markers]), how
+
+    # Kinds are independent; their reads, hashes and sparse sums release the GIL.
+    with ThreadPoolExecutor(max_workers=min(len(kinds), 2) or 1) as pool:
+        results = dict(zip(kinds, pool.map(merged, kinds), strict=True))
+    frames = {kind: aggregate for kind, (aggregate, _) in results.items()}
+    merge = {kind: how for kind, (_, how) in results.items() if how is not None}
     return WindowData(
         start=start,
         end=end,
-        frames={kind: merge_aggregates(kind, per_kind[kind]) for kind in kinds},
-        days_present=present,
+        frames=frames,
+        days_present=list(markers),
         days_missing=missing,
-        days_recomputed=recomputed,
-        source_hash=source_hash,
+        days_recomputed=list(recomputed),
+        source_hash=hashlib.sha256(orjson.dumps(sources)).hexdigest(),
+        merge=merge,
     )
+
+
+def _days(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days)]
+
+
+@dataclass(frozen=True)
+class _WindowStates:
+    """The stored sums of one pair kind over windows of one length and parameters."""
+
+    store: CanonicalStore
+    entry: TenantSurface
+    kind: str
+    window_days: int
+    params: dict[str, int]
+
+    @property
+    def folder(self) -> str:
+        digest = hashlib.sha256(orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS))
+        return (
+            f"{self.entry.tenant}/{self.entry.surface}/windows/{self.kind}/"
+            f"{self.window_days}d-{digest.hexdigest()[:12]}"
+        )
+
+    def window(
+        self,
+        day: dt.date,
+        markers: dict[dt.date, dict],
+        day_aggregate: Callable[[dt.date, str], Aggregate],
+    ) -> tuple[Coded, str]:
+        """The kind's sum over the days of `markers`, from a state when one is close."""
+        wanted = {d.isoformat(): markers[d]["content_hashes"][self.kind] for d in markers}
+        for last in (day, day - dt.timedelta(days=1)):
+            state = self._read(last)
+            if state is None:
+                continue
+            held, coded = state
+            add = [d for d in wanted if held.get(d) != wanted[d]]
+            remove = [d for d in held if wanted.get(d) != held[d]]
+            if len(add) + len(remove) > _MAX_STATE_CHANGES:
+                break
+            terms = [(coded, 1)]
+            terms += [(day_aggregate(dt.date.fromisoformat(d), self.kind), 1) for d in add]
+            for expired in remove:
+                old = self._old_aggregate(dt.date.fromisoformat(expired), held[expired])
+                if old is None:
+                    break
+                terms.append((old, -1))
+            else:
+                if not add and not remove and last == day:
+                    return coded, "reused"
+                summed = combine(terms, self.kind)
+                self._write(day, wanted, summed)
+                return summed, f"updated (+{len(add)} -{len(remove)} days)"
+            break
+        summed = merge_aggregates(self.kind, [day_aggregate(d, self.kind) for d in markers])
+        self._write(day, wanted, summed)
+        return summed, "summed"
+
+    def _old_aggregate(self, day: dt.date, content_hash: str) -> Coded | None:
+        """A day's aggregate as a state summed it, if its file is still that one."""
+        partition = Partition(self.entry.tenant, self.entry.surface, day)
+        marker = self.store.marker(partition, "aggregates")
+        if marker is None or marker.get("v") != AGGREGATES_FORMAT:
+            return None
+        if marker["content_hashes"].get(self.kind) != content_hash:
+            return None
+        return self.store.read_aggregate(partition, self.kind, marker)
+
+    def _read(self, last: dt.date) -> tuple[dict[str, str], Coded] | None:
+        store = self.store.store()
+        raw = store.read_bytes(f"{self.folder}/{last.isoformat()}.json")
+        if raw is None:
+            return None
+        marker = orjson.loads(raw)
+        if marker.get("v") != STATE_FORMAT or marker.get("params") != self.params:
+            return None
+        data = store.read_bytes(f"{self.folder}/{last.isoformat()}.bin")
+        if data is None or sha256_hex(data) != marker["content_hash"]:
+            return None
+        return marker["days"], read_raw(data)
+
+    def _write(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
+        """Write the state for `day` (data, then marker), then delete older ones."""
+        store = self.store.store()
+        data = raw_bytes(coded)
+        store.write_bytes(f"{self.folder}/{day.isoformat()}.bin", data)
+        marker = {
+            "v": STATE_FORMAT,
+            "kind": self.kind,
+            "window_days": self.window_days,
+            "last_day": day.isoformat(),
+            "params": self.params,
+            "days": days,
+            "entries": coded.nnz,
+            "content_hash": sha256_hex(data),
+        }
+        store.write_bytes(
+            f"{self.folder}/{day.isoformat()}.json",
+            orjson.dumps(marker, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
+        )
+        keep = (day - dt.timedelta(days=1)).isoformat()
+        for key in store.list_keys(self.folder):
+            name = key.rsplit("/", 1)[-1]
+            if name.endswith(".json") and name.removesuffix(".json") < keep:
+                store.delete(key)
+                store.delete(key.removesuffix(".json") + ".bin")

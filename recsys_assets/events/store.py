@@ -7,6 +7,8 @@ import datetime as dt
 import orjson
 import polars as pl
 
+from recsys_assets.artifacts import coded
+from recsys_assets.artifacts.aggregates import PAIR_KINDS, Aggregate
 from recsys_assets.events.canonical import (
     EVENT_SCHEMA,
     CanonicalPartition,
@@ -16,6 +18,11 @@ from recsys_assets.events.canonical import (
     sha256_hex,
 )
 from recsys_assets.locations import LocationResource
+
+# Version of the aggregates' storage: 2 stores the pair kinds coded (artifacts.coded).
+# Days written in another format count as not aggregated under the current rules, so an
+# artifact re-aggregates them from their canonical partition.
+AGGREGATES_FORMAT = 2
 
 
 class PartitionNotReady(RuntimeError):
@@ -136,19 +143,22 @@ class CanonicalStore(LocationResource):
     def write_aggregates(
         self,
         partition: Partition,
-        frames: dict[str, pl.DataFrame],
+        aggregates: dict[str, Aggregate],
         params: dict[str, object],
         source_hash: str,
     ) -> dict[str, object]:
         """Write each aggregate kind of a day, then one marker with their hashes."""
         store = self.store()
-        hashes = {}
-        for kind, frame in sorted(frames.items()):
-            data = parquet_bytes(frame)
+        hashes, rows = {}, {}
+        for kind, aggregate in sorted(aggregates.items()):
+            if isinstance(aggregate, coded.Coded):
+                data, rows[kind] = coded.parquet_bytes(aggregate), aggregate.nnz
+            else:
+                data, rows[kind] = parquet_bytes(aggregate), aggregate.height
             store.write_bytes(aggregate_key(partition, kind), data)
             hashes[kind] = sha256_hex(data)
         marker = {
-            "v": 1,
+            "v": AGGREGATES_FORMAT,
             "dataset": "aggregates",
             "tenant": partition.tenant,
             "surface": partition.surface,
@@ -156,7 +166,7 @@ class CanonicalStore(LocationResource):
             "source_hash": source_hash,
             "params": params,
             "content_hashes": hashes,
-            "rows": {kind: frame.height for kind, frame in sorted(frames.items())},
+            "rows": rows,
         }
         store.write_bytes(
             marker_key(partition, "aggregates"), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
@@ -165,21 +175,22 @@ class CanonicalStore(LocationResource):
 
     def read_aggregates(
         self, partition: Partition, kinds: list[str]
-    ) -> tuple[dict[str, pl.DataFrame], dict] | None:
-        """The day's aggregates of `kinds` as its marker vouches for them; None when absent."""
+    ) -> tuple[dict[str, Aggregate], dict] | None:
+        """The day's aggregates of `kinds` as its marker vouches for them; None when absent
+        or stored in another format (see AGGREGATES_FORMAT)."""
         marker = self.marker(partition, "aggregates")
-        if marker is None:
+        if marker is None or marker.get("v") != AGGREGATES_FORMAT:
             return None
-        store = self.store()
-        frames = {}
-        for kind in kinds:
-            data = store.read_bytes(aggregate_key(partition, kind))
-            if data is None or sha256_hex(data) != marker["content_hashes"].get(kind):
-                raise PartitionNotReady(
-                    f"aggregates {kind} of {partition}: file does not match the marker's hash"
-                )
-            frames[kind] = pl.read_parquet(data)
-        return frames, marker
+        return {kind: self.read_aggregate(partition, kind, marker) for kind in kinds}, marker
+
+    def read_aggregate(self, partition: Partition, kind: str, marker: dict) -> Aggregate:
+        """One kind of the day's aggregates, checked against `marker` (its aggregates marker)."""
+        data = self.store().read_bytes(aggregate_key(partition, kind))
+        if data is None or sha256_hex(data) != marker["content_hashes"].get(kind):
+            raise PartitionNotReady(
+                f"aggregates {kind} of {partition}: file does not match the marker's hash"
+            )
+        return coded.read_parquet(data) if kind in PAIR_KINDS else pl.read_parquet(data)
 
 
 def day_range(start: dt.date, end: dt.date) -> list[dt.date]:

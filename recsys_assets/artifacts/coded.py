@@ -1,0 +1,348 @@
+"""Pair values as integer-coded sparse matrices, and their exact sums over days.
+
+The pair aggregates of `aggregates` (cooc_pairs, user_item_counts, ...) map (first id, second
+id) to an integer. Over a window they are summed day by day; on string keys that costs a hash
+of every row of every day. `Coded` holds them as a CSR matrix over two sorted id
+dictionaries, so a sum is a linear merge of sorted rows (scipy releases the GIL in it), and
+the payload builders work on codes, going back to strings only for what they write.
+
+Canonical form, so that equal content is equal data whatever the order of the sums: the
+dictionaries are exactly the ids with an entry, sorted by code point; the matrix has sorted
+indices, no duplicates and no zeros. Values are int64 and sums exact, so a window updated
+incrementally (yesterday's window + today - the day that left it) is identical to one summed
+from scratch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import polars as pl
+import scipy.sparse as sp
+
+from recsys_assets.artifacts.ranking import codes
+
+
+@dataclass(frozen=True)
+class Coded:
+    """Pair values: `matrix[i, j]` is the value of (rows[i], columns[j]); see the module doc."""
+
+    rows: pl.Series
+    columns: pl.Series
+    matrix: sp.csr_matrix
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    def row_codes(self) -> np.ndarray:
+        """The row code of each stored entry, in storage order (by row, then column)."""
+        return np.repeat(np.arange(self.rows.len(), dtype=np.int64), np.diff(self.matrix.indptr))
+
+    def row_sums(self) -> np.ndarray:
+        """Sum of each row's values (every row has an entry in canonical form)."""
+        if not self.nnz:
+            return np.zeros(self.rows.len(), dtype=np.int64)
+        return np.add.reduceat(self.matrix.data, self.matrix.indptr[:-1])
+
+    def where(self, keep: np.ndarray) -> Coded:
+        """Only the entries where `keep` (a mask over the stored entries) holds."""
+        matrix = self.matrix
+        row_lengths = np.add.reduceat(keep.astype(np.int64), matrix.indptr[:-1]) if self.nnz else []
+        indptr = np.concatenate(([0], np.cumsum(row_lengths, dtype=np.int64)))
+        kept = _csr(matrix.data[keep], matrix.indices[keep], indptr, self.columns.len())
+        return _pruned(Coded(self.rows, self.columns, kept))
+
+
+def empty_coded() -> Coded:
+    ids = pl.Series(dtype=pl.String)
+    return Coded(ids, ids, _csr(np.zeros(0, np.int64), np.zeros(0, np.int32), [0], 0))
+
+
+def coded_from_codes(
+    rows: pl.Series,
+    columns: pl.Series,
+    row_code: np.ndarray,
+    column_code: np.ndarray,
+    values: np.ndarray,
+) -> Coded:
+    """Entries given as codes into sorted dictionaries; duplicates are summed."""
+    ordered = (row_code[1:] > row_code[:-1]) | (
+        (row_code[1:] == row_code[:-1]) & (column_code[1:] > column_code[:-1])
+    )
+    if ordered.all():  # already by row then column, without duplicates: no sort needed
+        counts = np.bincount(row_code, minlength=rows.len())
+        matrix = _csr(values, column_code, np.concatenate(([0], np.cumsum(counts))), columns.len())
+    else:
+        matrix = sp.csr_matrix(
+            (values.astype(np.int64, copy=False), (row_code, column_code)),
+            shape=(rows.len(), columns.len()),
+        )
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+    return _pruned(Coded(rows, columns, matrix))
+
+
+def coded_from_ids(first: pl.Series, second: pl.Series, values: np.ndarray, what: str) -> Coded:
+    """Entries given as (first id, second id, value); duplicates are summed."""
+    if first.len() == 0:
+        return empty_coded()
+    rows = first.unique().sort()
+    columns = second.unique().sort()
+    return coded_from_codes(
+        rows,
+        columns,
+        codes(first, rows, f"{what} {first.name}"),
+        codes(second, columns, f"{what} {second.name}"),
+        values,
+    )
+
+
+def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
+    """The sum of `sign * values` over (values, sign) terms.
+
+    Used with sign -1 to take a day out of a window: a negative result means the day was
+    not part of it, which is an error, not a value.
+    """
+    present = [(coded, sign) for coded, sign in terms if coded.nnz]
+    if not present:
+        return empty_coded()
+    if len(present) == 1 and present[0][1] == 1:
+        return present[0][0]
+    rows, row_maps = _union([coded.rows for coded, _ in present], what)
+    columns, column_maps = _union([coded.columns for coded, _ in present], what)
+    matrices = [
+        _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign)
+        for (coded, sign), row_map, column_map in zip(present, row_maps, column_maps, strict=True)
+    ]
+    total = _tree_sum(matrices)
+    if all(sign > 0 for _, sign in present):
+        # Positive sums cancel nothing: every id of the union keeps an entry.
+        return Coded(rows, columns, total)
+    total.eliminate_zeros()
+    if total.nnz and total.data.min() < 0:
+        raise ValueError(
+            f"{what}: subtracting a day left negative values; the day was not in the window"
+        )
+    return _pruned(Coded(rows, columns, total))
+
+
+def parquet_bytes(coded: Coded) -> bytes:
+    """One Parquet table (how daily aggregates are stored, SPEC §3): the entries by row then
+    column as `column` code and `value`; the first len(rows) rows also carry `row_id` and
+    `row_length` (entries in that row), the first len(columns) rows `column_id`, null after.
+
+    Canonical form makes no dictionary longer than the entries, so one table holds it all.
+    """
+    matrix = coded.matrix
+    size = coded.nnz
+    frame = pl.DataFrame(
+        {
+            "column": pl.Series(matrix.indices, dtype=pl.Int32),
+            "value": pl.Series(matrix.data, dtype=pl.Int64),
+            "row_id": coded.rows.extend_constant(None, size - coded.rows.len()),
+            "row_length": pl.Series(np.diff(matrix.indptr), dtype=pl.Int64).extend_constant(
+                None, size - coded.rows.len()
+            ),
+            "column_id": coded.columns.extend_constant(None, size - coded.columns.len()),
+        },
+        schema=_PARQUET_SCHEMA,
+    )
+    buffer = io.BytesIO()
+    # Uncompressed: reading a day back is on the path of every window update.
+    frame.write_parquet(buffer, compression="uncompressed", statistics=False)
+    return buffer.getvalue()
+
+
+def read_parquet(data: bytes) -> Coded:
+    """Read what `parquet_bytes` wrote."""
+    frame = pl.read_parquet(data)
+    if dict(frame.schema) != _PARQUET_SCHEMA:
+        raise ValueError(f"not a coded aggregate: columns {dict(frame.schema)}")
+    columns = frame["column_id"].drop_nulls()
+    indptr = np.concatenate(([0], np.cumsum(frame["row_length"].drop_nulls().to_numpy())))
+    matrix = _csr(frame["value"].to_numpy(), frame["column"].to_numpy(), indptr, columns.len())
+    return Coded(frame["row_id"].drop_nulls().rename(""), columns.rename(""), matrix)
+
+
+_PARQUET_SCHEMA = {
+    "column": pl.Int32(),
+    "value": pl.Int64(),
+    "row_id": pl.String(),
+    "row_length": pl.Int64(),
+    "column_id": pl.String(),
+}
+_MAGIC = b"recsys-assets coded v1\n"
+
+
+def raw_bytes(coded: Coded) -> bytes:
+    """A self-describing binary form (window states): magic, header length, JSON header,
+    then the parts.
+
+    The parts are the two dictionaries (Parquet) and the CSR arrays (raw little-endian, in
+    the narrowest unsigned type that holds them: values are never negative): a window state
+    is rewritten every day, and raw arrays cost a copy where Parquet's encoders cost
+    seconds. The header names each part with its dtype and length in bytes.
+    """
+    matrix = coded.matrix
+    parts = {
+        "rows": _parquet(coded.rows),
+        "columns": _parquet(coded.columns),
+        "indptr": matrix.indptr.astype("<i8", copy=False),
+        "indices": matrix.indices.astype(_narrowest(coded.columns.len() - 1), copy=False),
+        "data": matrix.data.astype(_narrowest(int(matrix.data.max()) if coded.nnz else 0)),
+    }
+    header = orjson.dumps(
+        {
+            "shape": list(matrix.shape),
+            "parts": [
+                [name, "parquet" if isinstance(part, bytes) else part.dtype.str, _nbytes(part)]
+                for name, part in parts.items()
+            ],
+        }
+    )
+    chunks = [_MAGIC, len(header).to_bytes(8, "little"), header]
+    chunks += [part if isinstance(part, bytes) else part.data for part in parts.values()]
+    return b"".join(chunks)
+
+
+def read_raw(data: bytes) -> Coded:
+    """Read what `raw_bytes` wrote."""
+    if not data.startswith(_MAGIC):
+        raise ValueError("not a coded aggregate (bad magic)")
+    start = len(_MAGIC) + 8
+    size = int.from_bytes(data[len(_MAGIC) : start], "little")
+    header = orjson.loads(data[start : start + size])
+    offset = start + size
+    parts: dict[str, object] = {}
+    for name, dtype, nbytes in header["parts"]:
+        chunk = memoryview(data)[offset : offset + nbytes]
+        if dtype == "parquet":
+            parts[name] = pl.read_parquet(bytes(chunk)).to_series()
+        else:
+            parts[name] = np.frombuffer(chunk, dtype=np.dtype(dtype))
+        offset += nbytes
+    if offset != len(data):
+        raise ValueError(f"coded aggregate has {len(data) - offset} trailing bytes")
+    matrix = _csr(parts["data"], parts["indices"], parts["indptr"], header["shape"][1])
+    return Coded(parts["rows"], parts["columns"], matrix)
+
+
+def _narrowest(largest: int) -> str:
+    for dtype in ("<u1", "<u2", "<u4"):
+        if largest <= np.iinfo(dtype).max:
+            return dtype
+    return "<i8"
+
+
+def _parquet(ids: pl.Series) -> bytes:
+    buffer = io.BytesIO()
+    ids.rename("id").to_frame().write_parquet(buffer, compression="zstd", statistics=False)
+    return buffer.getvalue()
+
+
+def _nbytes(part: bytes | np.ndarray) -> int:
+    return len(part) if isinstance(part, bytes) else int(part.nbytes)
+
+
+def _csr(values: np.ndarray, indices: np.ndarray, indptr, n_columns: int) -> sp.csr_matrix:
+    indptr = np.asarray(indptr)
+    # scipy keeps int32 indices while they fit; giving it anything else costs a copy.
+    fits = int(indptr[-1]) < 2**31 and n_columns < 2**31
+    index_dtype = np.int32 if fits else np.int64
+    matrix = sp.csr_matrix(
+        (
+            values.astype(np.int64, copy=False),
+            indices.astype(index_dtype, copy=False),
+            indptr.astype(index_dtype, copy=False),
+        ),
+        shape=(indptr.size - 1, n_columns),
+        copy=False,
+    )
+    matrix.has_sorted_indices = True
+    matrix.has_canonical_format = True
+    return matrix
+
+
+def _union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[np.ndarray | None]]:
+    """The sorted union of sorted id dictionaries, and each one's old-to-new code map.
+
+    Merging sorted runs and binary searches: hashing a million user ids per term would cost
+    more than the sums. A map is None where the dictionary is already the union.
+    """
+    merged = dictionaries[0].rename("id").to_frame()
+    for dictionary in dictionaries[1:]:
+        merged = merged.merge_sorted(dictionary.rename("id").to_frame(), key="id")
+    union = merged.filter(pl.col("id").ne_missing(pl.col("id").shift(1)))["id"]
+    maps: list[np.ndarray | None] = []
+    for dictionary in dictionaries:
+        if dictionary.len() == union.len():
+            maps.append(None)
+            continue
+        found = union.search_sorted(dictionary).to_numpy().astype(np.int64)
+        if not union.gather(found).equals(dictionary, check_names=False):
+            raise ValueError(f"{what}: id dictionaries must be sorted and unique")
+        maps.append(found)
+    return union.rename(""), maps
+
+
+def _recoded(
+    matrix: sp.csr_matrix,
+    row_map: np.ndarray | None,
+    column_map: np.ndarray | None,
+    n_rows: int,
+    n_columns: int,
+    sign: int,
+) -> sp.csr_matrix:
+    """`sign * matrix` re-indexed over larger sorted dictionaries.
+
+    The maps are increasing (the new dictionaries are sorted and contain the old ones), so
+    rows keep their order and each row's columns stay sorted.
+    """
+    indices = matrix.indices
+    if column_map is not None:
+        indices = column_map.astype(indices.dtype)[indices]
+    indptr = matrix.indptr
+    if row_map is not None:
+        counts = np.zeros(n_rows, dtype=np.int64)
+        counts[row_map] = np.diff(indptr)
+        indptr = np.concatenate(([0], np.cumsum(counts)))
+    data = matrix.data if sign == 1 else matrix.data * sign
+    return _csr(data, indices, indptr, n_columns)
+
+
+def _tree_sum(matrices: list[sp.csr_matrix]) -> sp.csr_matrix:
+    """Pairwise sums in a tree, each a linear merge of sorted rows, smallest first: a window
+    state plus a day minus another touches the state's entries once, not twice."""
+    with ThreadPoolExecutor(max_workers=max(1, pl.thread_pool_size())) as pool:
+        while len(matrices) > 1:
+            matrices = sorted(matrices, key=lambda matrix: matrix.nnz)
+            pairs = [(matrices[i], matrices[i + 1]) for i in range(0, len(matrices) - 1, 2)]
+            rest = matrices[-1:] if len(matrices) % 2 else []
+            matrices = list(pool.map(lambda pair: pair[0] + pair[1], pairs)) + rest
+    total = matrices[0]
+    # scipy merges canonical rows into canonical rows, but does not say so.
+    total.has_sorted_indices = True
+    return total
+
+
+def _pruned(coded: Coded) -> Coded:
+    """Drop the ids left without an entry (a day taken out of a window leaves some)."""
+    matrix = coded.matrix
+    row_kept = np.diff(matrix.indptr) > 0
+    column_kept = np.zeros(coded.columns.len(), dtype=bool)
+    column_kept[matrix.indices] = True  # several times faster than a bincount
+    if row_kept.all() and column_kept.all():
+        return coded
+    rows = coded.rows.filter(pl.Series(row_kept))
+    columns = coded.columns.filter(pl.Series(column_kept))
+    indices = matrix.indices
+    if not column_kept.all():
+        indices = (np.cumsum(column_kept) - 1).astype(indices.dtype)[indices]
+    indptr = np.concatenate(([0], matrix.indptr[1:][row_kept]))
+    return Coded(rows, columns, _csr(matrix.data, indices, indptr, columns.len()))

@@ -1,0 +1,127 @@
+"""Coded pair values: exact sums and differences over days, canonical form, storage bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys_assets.artifacts.aggregates import as_coded, as_frame, merge_aggregates
+from recsys_assets.artifacts.coded import (
+    Coded,
+    coded_from_codes,
+    combine,
+    empty_coded,
+    parquet_bytes,
+    raw_bytes,
+    read_parquet,
+    read_raw,
+)
+
+KIND = "user_item_counts"
+SCHEMA = {"user_id": pl.String, "item_id": pl.String, "count": pl.Int64}
+
+entries = st.dictionaries(
+    st.tuples(st.sampled_from(["u1", "u2", "u3", "ü4", ""]), st.sampled_from("ABCDEFG")),
+    st.integers(1, 1000),
+    max_size=12,
+)
+
+
+def day(values: dict[tuple[str, str], int]) -> pl.DataFrame:
+    """A day's frame, deliberately not sorted."""
+    return pl.DataFrame(
+        [(user, item, count) for (user, item), count in reversed(list(values.items()))],
+        schema=SCHEMA,
+        orient="row",
+    )
+
+
+def brute_sum(days: list[dict[tuple[str, str], int]]) -> pl.DataFrame:
+    totals: dict[tuple[str, str], int] = {}
+    for values in days:
+        for key, count in values.items():
+            totals[key] = totals.get(key, 0) + count
+    rows = sorted((user, item, count) for (user, item), count in totals.items() if count)
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+def same(left: Coded, right: Coded) -> bool:
+    return (
+        left.rows.equals(right.rows)
+        and left.columns.equals(right.columns)
+        and np.array_equal(left.matrix.indptr, right.matrix.indptr)
+        and np.array_equal(left.matrix.indices, right.matrix.indices)
+        and np.array_equal(left.matrix.data, right.matrix.data)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(entries, max_size=6))
+def test_the_sum_of_days_equals_a_brute_force_sum_in_any_order(days):
+    merged = merge_aggregates(KIND, [day(values) for values in days])
+    assert as_frame(KIND, merged).equals(brute_sum(days))
+    backwards = merge_aggregates(KIND, [as_coded(KIND, day(values)) for values in days[::-1]])
+    assert same(backwards, merged)
+    # Canonical form: the dictionaries are exactly the ids with an entry.
+    frame = as_frame(KIND, merged)
+    assert merged.rows.to_list() == sorted(set(frame["user_id"]))
+    assert merged.columns.to_list() == sorted(set(frame["item_id"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(entries, min_size=2, max_size=6), st.data())
+def test_taking_a_day_out_gives_the_sum_of_the_others(days, data):
+    out = data.draw(st.integers(0, len(days) - 1))
+    window = merge_aggregates(KIND, [day(values) for values in days])
+    slid = combine([(window, 1), (as_coded(KIND, day(days[out])), -1)], KIND)
+    others = merge_aggregates(KIND, [day(v) for i, v in enumerate(days) if i != out])
+    assert same(slid, others)  # ids seen only on that day are gone from the dictionaries
+
+
+def test_taking_out_a_day_that_was_not_summed_is_an_error():
+    window = as_coded(KIND, day({("u1", "A"): 1}))
+    other = as_coded(KIND, day({("u1", "A"): 2}))
+    with pytest.raises(ValueError, match="user_item_counts: subtracting a day left negative"):
+        combine([(window, 1), (other, -1)], KIND)
+
+
+def test_unsorted_codes_with_duplicates_are_summed():
+    ids = pl.Series(["a", "b"])
+    coded = coded_from_codes(
+        ids, ids, np.array([1, 0, 1, 0]), np.array([0, 1, 0, 0]), np.array([2, 3, 4, 0])
+    )
+    assert coded.matrix.toarray().tolist() == [[0, 3], [6, 0]]
+    assert coded.row_sums().tolist() == [3, 6]
+
+
+def test_where_keeps_entries_and_prunes_ids():
+    coded = as_coded(KIND, day({("u1", "A"): 1, ("u1", "B"): 5, ("u2", "C"): 1}))
+    strong = coded.where(coded.matrix.data >= 2)
+    assert as_frame(KIND, strong).rows() == [("u1", "B", 5)]
+    assert strong.rows.to_list() == ["u1"] and strong.columns.to_list() == ["B"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(entries)
+def test_both_storage_forms_round_trip_and_are_deterministic(values):
+    coded = merge_aggregates(KIND, [day(values)])
+    for write, read in ((parquet_bytes, read_parquet), (raw_bytes, read_raw)):
+        data = write(coded)
+        assert same(read(data), coded)
+        assert write(merge_aggregates(KIND, [day(values)])) == data
+
+
+def test_bytes_that_are_not_a_coded_aggregate_are_refused():
+    with pytest.raises(ValueError, match="bad magic"):
+        read_raw(b"PAR1 not this")
+    with pytest.raises(ValueError, match="trailing bytes"):
+        read_raw(raw_bytes(empty_coded()) + b"x")
+    buffer = io.BytesIO()
+    pl.DataFrame({"item_id": ["A"]}).write_parquet(buffer)
+    with pytest.raises(ValueError, match="not a coded aggregate: columns"):
+        read_parquet(buffer.getvalue())
