@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import os
 import sys
 import tempfile
@@ -139,8 +140,12 @@ def one_day(events: int, results: list) -> None:
     with stage("content_sim", results) as s:
         payload, stats = content_sim_payload(table, surface="home")
         s.extra |= {"bytes": versioned("content_sim", payload, DAY0), "items": stats["items"]}
+    # implicit is its own asset step: nothing of the other artifacts is alive while it runs.
+    user_item_counts = frames["user_item_counts"]
+    del frame, frames, table, payload, stats
+    gc.collect()
     with stage("implicit (separate)", results) as s:
-        payload, stats = implicit_payload(frames["user_item_counts"])
+        payload, stats = implicit_payload(user_item_counts)
         s.extra |= {"bytes": versioned("implicit", payload, DAY0), "users": stats["users_written"]}
 
 

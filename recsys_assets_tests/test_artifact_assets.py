@@ -1,5 +1,6 @@
 import json
 
+import dagster as dg
 import orjson
 
 from recsys_assets.graph import build_definitions
@@ -71,12 +72,32 @@ def test_window_over_days_with_one_missing(make_config, write_day, instance):
         assert execute(defs, "recsys_daily", f"{day}|demo__home", instance).success
     document, _ = staged(config, "popularity", "2026-01-01", "2026-01-04")
     assert document["items"] == [{"item_id": "A", "count": 2}, {"item_id": "B", "count": 1}]
-    event_record = instance.get_latest_materialization_event(
-        __import__("dagster").AssetKey("popularity")
-    )
+    event_record = instance.get_latest_materialization_event(dg.AssetKey("popularity"))
     metadata = event_record.asset_materialization.metadata
     assert metadata["days_missing"].data == ["2026-01-02"]
     assert metadata["days_present"].data == ["2026-01-01", "2026-01-03"]
+
+
+def test_next_day_of_a_window_updates_the_window_state(make_config, write_day, instance):
+    write_day(lines(event(item_id="A"), event(item_id="B", time="08:01:00")), day="2026-01-01")
+    write_day(
+        lines(event(day="2026-01-02", item_id="A"), event(day="2026-01-02", item_id="C")),
+        day="2026-01-02",
+    )
+    config = make_config(artifacts={"cooc": {"window_days": 2}})
+    defs = build_definitions(config)
+    merges = []
+    for day in ("2026-01-01", "2026-01-02"):
+        assert execute(defs, "recsys_daily", f"{day}|demo__home", instance).success
+        record = instance.get_latest_materialization_event(dg.AssetKey("cooc"))
+        merges.append(record.asset_materialization.metadata["window_merge"].data)
+    assert merges == [{"cooc_pairs": "summed"}, {"cooc_pairs": "updated (+1 -0 days)"}]
+    document, _ = staged(config, "cooc", "2026-01-01", "2026-01-03")
+    assert document["neighbors"] == [
+        {"item_id": "A", "items": [{"item_id": "B", "count": 1}, {"item_id": "C", "count": 1}]},
+        {"item_id": "B", "items": [{"item_id": "A", "count": 1}]},
+        {"item_id": "C", "items": [{"item_id": "A", "count": 1}]},
+    ]
 
 
 def test_disabled_type_materializes_as_marker_and_blocks_nothing(make_config, write_day, instance):

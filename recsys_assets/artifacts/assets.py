@@ -292,6 +292,8 @@ def artifact_asset(
                 "days_present": dg.MetadataValue.json([d.isoformat() for d in data.days_present]),
                 "days_missing": dg.MetadataValue.json([d.isoformat() for d in data.days_missing]),
                 "days_reaggregated": len(data.days_recomputed),
+                # How each large aggregate's window sum was obtained (see artifacts.window).
+                **({"window_merge": dg.MetadataValue.json(data.merge)} if data.merge else {}),
                 "source_hash": data.source_hash,
                 **{k: v for k, v in stats.items() if isinstance(v, int | float | str)},
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
