@@ -19,6 +19,7 @@ import gc
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -179,12 +180,19 @@ def window(events_per_day: int, days: int, results: list, implicit: bool = True)
     frame, marker = store.read_events(today)
 
     def next_day(window_days: int, stats: dict) -> dict:
+        """Run the day; `stats` gets each part's seconds and how each window was merged."""
+        started = time.perf_counter()
         day = daily_aggregates(frame, **params)
         aggregates.write_aggregates(today, day, params, marker["content_hash"])
+        stats["s aggregate"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
         data = load_window(aggregates, config, entry, today.day, window_days, kinds)
+        stats["s merge"] = round(time.perf_counter() - started, 2)
         stats |= {f"merge {kind}": how for kind, how in data.merge.items()}
         for artifact_type in WINDOW_TYPES:
+            started = time.perf_counter()
             stats[artifact_type] = build(artifact_type, data.frames, today.day, window_days)
+            stats[f"s {artifact_type}"] = round(time.perf_counter() - started, 2)
         return data.frames
 
     with stage("1-day: aggregate + popularity, cooc, session_seq", results) as s:
