@@ -31,7 +31,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys_assets.artifacts.envelope import RFC3339, json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, codes, gc_paused, top_k_per_row
+from recsys_assets.artifacts.ranking import check_cap, codes, gc_paused, ids_at, top_k_per_row
 
 CATALOG_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
@@ -150,7 +150,7 @@ def content_sim_payload(
 
     rows, columns, scores, n_tags = _similar(kept, max_neighbors_per_item, float(min_similarity))
     bounds = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=kept.height)))).tolist()
-    similar_ids = kept["item_id"].gather(columns).to_list()
+    similar_ids = ids_at(kept["item_id"], columns)
     with gc_paused():
         entries = [
             {"item_id": item_id, "score": score}

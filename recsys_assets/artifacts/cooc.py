@@ -15,7 +15,7 @@ import polars as pl
 
 from recsys_assets.artifacts.aggregates import Aggregate, as_coded
 from recsys_assets.artifacts.coded import Coded
-from recsys_assets.artifacts.ranking import check_cap, codes, nest
+from recsys_assets.artifacts.ranking import check_cap, codes, ids_at, nest
 
 
 def cooc_payload(
@@ -65,7 +65,7 @@ def cooc_payload(
     )
     rows = nest(
         items.gather(anchor),
-        items.gather(neighbor).to_list(),
+        ids_at(items, neighbor),
         counts.tolist(),
         row_key="item_id",
         list_key="items",

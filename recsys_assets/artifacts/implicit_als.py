@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from recsys_assets.artifacts.aggregates import Aggregate, as_coded
 from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, most_active, nest
+from recsys_assets.artifacts.ranking import check_cap, ids_at, most_active, nest
 
 # Score of a slot without an item (implicit's filtered score): float32's lowest value.
 _FILTERED = np.finfo(np.float32).min
@@ -104,7 +104,7 @@ def implicit_payload(
     user_index, item, score = _ranked(ids, raw, max_items_per_user)
     rows = nest(
         users.gather(kept[user_index]),
-        items.gather(item).to_list(),
+        ids_at(items, item),
         json_scores(score),
         row_key="user_id",
         list_key="items",

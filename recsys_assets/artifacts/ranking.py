@@ -32,6 +32,12 @@ def codes(values: pl.Series, categories: pl.Series, what: str) -> np.ndarray:
         raise ValueError(f"{what}: {exc}") from exc
 
 
+def ids_at(ids: pl.Series, positions: np.ndarray) -> list[str]:
+    """`ids.gather(positions).to_list()`, sharing one Python string per distinct id: a few
+    times faster and smaller for the millions of entries of a big artifact."""
+    return np.array(ids.to_list(), dtype=object)[positions].tolist()
+
+
 def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` entries with the largest `value` in each row, ties by smallest `tie`.
 

@@ -22,7 +22,7 @@ import polars as pl
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
 from recsys_assets.artifacts.coded import Coded
 from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, most_active, nest, top_k_per_row
+from recsys_assets.artifacts.ranking import check_cap, ids_at, most_active, nest, top_k_per_row
 
 
 def session_seq_payload(
@@ -82,7 +82,7 @@ def _users(
     top = top_k_per_row(user, count, item, per_user)
     nested = nest(
         user_transitions.rows.gather(kept[user[top]]),
-        user_transitions.columns.gather(item[top]).to_list(),
+        ids_at(user_transitions.columns, item[top]),
         count[top].tolist(),
         row_key="user_id",
         list_key="items",
@@ -101,7 +101,7 @@ def _transitions(
     top = top_k_per_row(item, score, following, per_item)
     nested = nest(
         item_transitions.rows.gather(kept[item[top]]),
-        item_transitions.columns.gather(following[top]).to_list(),
+        ids_at(item_transitions.columns, following[top]),
         json_scores(score[top]),
         row_key="item_id",
         list_key="items",
