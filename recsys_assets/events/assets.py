@@ -96,7 +96,7 @@ def canonical_checks(
         context: dg.AssetCheckExecutionContext, canonical_store: CanonicalStore
     ):
         partition = parse_partition_key(context.partition_key)
-        events, marker = canonical_store.read_events(partition)
+        events, marker = canonical_store.read_events(partition, columns=["ts"])
         start, end = partition.window
         outside = events.filter((pl.col("ts") < start) | (pl.col("ts") >= end)).height
         selected = {key.name for key in context.selected_asset_check_keys}
