@@ -37,7 +37,6 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from benchmarks.measure import StageResult, report, stage  # noqa: E402
 from recsys_assets.events.canonical import Partition, canonical_from_day_file  # noqa: E402
-from recsys_assets.events.parse import decode_lines  # noqa: E402
 from recsys_assets.events.remote_sources import PostgresEventSource, S3EventSource  # noqa: E402
 from recsys_assets.events.sources import FilesystemEventSource  # noqa: E402
 from recsys_assets.locations import S3Settings  # noqa: E402
@@ -85,7 +84,7 @@ def bench_postgres(dsn: str, rows: int, items: int, results: list[StageResult]) 
             "rejects": len(raw.source_rejects),
         }
     with stage("postgres decode+canonical", results) as s:
-        canonical = canonical_from_day_file(decode_lines(raw.data), PARTITION)
+        canonical = canonical_from_day_file(raw.data, PARTITION)
         s.extra |= {"events": canonical.events.height, "rejects": canonical.rejects.height}
 
 

@@ -21,7 +21,6 @@ from recsys_assets.events.canonical import (
     canonical_from_day_file,
     canonical_from_flat_file,
 )
-from recsys_assets.events.parse import decode_lines
 from recsys_assets.events.remote_sources import (
     PostgresEventSource,
     S3EventSource,
@@ -40,10 +39,10 @@ JAN1 = Partition("demo", "home", dt.date(2026, 1, 1))
 
 
 def canonical(raw: RawInput, partition: Partition) -> CanonicalPartition:
-    decoded = decode_lines(raw.data)
     if raw.layout == "day":
-        return canonical_from_day_file(decoded, partition)
-    return canonical_from_flat_file(decoded, attribute(decoded), partition)
+        return canonical_from_day_file(raw.data, partition)
+    known = {(partition.tenant, partition.surface)}
+    return canonical_from_flat_file(attribute(raw.data, known), partition)
 
 
 def assert_same_partition(got: CanonicalPartition, expected: CanonicalPartition) -> None:
@@ -120,15 +119,14 @@ PARTITIONS = [
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
 def test_partition_lines_keep_every_line_that_can_belong(chunk: int):
     data = flat_file()
-    full = decode_lines(data)
-    attributed = attribute(full)
+    known = {(p.tenant, p.surface) for p in PARTITIONS}
+    attributed = attribute(data, known)
     for partition in PARTITIONS:
         chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
         kept = partition_lines(chunks, partition)
         assert len(kept) < len(data)
-        decoded = decode_lines(kept)
-        got = canonical_from_flat_file(decoded, attribute(decoded), partition)
-        expected = canonical_from_flat_file(full, attributed, partition)
+        got = canonical_from_flat_file(attribute(kept, known), partition)
+        expected = canonical_from_flat_file(attributed, partition)
         assert got.events.height > 0
         assert_same_partition(got, expected)
 

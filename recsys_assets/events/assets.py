@@ -8,7 +8,6 @@ import polars as pl
 from recsys_assets.config import AppConfig
 from recsys_assets.events import canonical as canon
 from recsys_assets.events.checks import CANONICAL_CHECKS, canonical_guards
-from recsys_assets.events.parse import decode_lines
 from recsys_assets.events.sources import RawEventSource
 from recsys_assets.events.store import CanonicalStore, exposures_key, rejects_key
 from recsys_assets.partitions import parse_partition_key
@@ -20,17 +19,12 @@ def build_canonical_partition(
     raw_layout: str, data: bytes, partition: canon.Partition, config: AppConfig
 ) -> tuple[canon.CanonicalPartition, bytes | None]:
     """The canonical partition from a source's bytes, plus a flat file's unattributed lines."""
-    decoded = decode_lines(data)
     if raw_layout != "flat":
-        return canon.canonical_from_day_file(
-            decoded, partition, dedup_exact=config.dedup_exact
-        ), None
-    attributed = canon.attribute(decoded)
-    result = canon.canonical_from_flat_file(
-        decoded, attributed, partition, dedup_exact=config.dedup_exact
-    )
+        return canon.canonical_from_day_file(data, partition, dedup_exact=config.dedup_exact), None
     known = {(t.tenant, t.surface) for t in config.tenants}
-    return result, canon.ndjson_bytes(canon.unattributed(decoded, attributed, known))
+    attributed = canon.attribute(data, known)
+    result = canon.canonical_from_flat_file(attributed, partition, dedup_exact=config.dedup_exact)
+    return result, canon.ndjson_bytes(canon.unattributed(attributed))
 
 
 def canonical_asset(
@@ -102,7 +96,7 @@ def canonical_checks(
         context: dg.AssetCheckExecutionContext, canonical_store: CanonicalStore
     ):
         partition = parse_partition_key(context.partition_key)
-        events, marker = canonical_store.read_events(partition)
+        events, marker = canonical_store.read_events(partition, columns=["ts"])
         start, end = partition.window
         outside = events.filter((pl.col("ts") < start) | (pl.col("ts") >= end)).height
         selected = {key.name for key in context.selected_asset_check_keys}

@@ -1,6 +1,6 @@
 """Canonical exposures (SPEC §3): the valid, normalized, de-duplicated events of one partition.
 
-Pure: decoded lines in, frames and counts out. Every line ends in exactly one place: the
+Pure: JSON Lines bytes in, frames and counts out. Every line ends in exactly one place: the
 events, the partition's rejects (with a reason), the unattributed quarantine of a flat file,
 another partition, or the duplicate count.
 """
@@ -8,14 +8,24 @@ another partition, or the duplicate count.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import numpy as np
 import orjson
 import polars as pl
 
-from recsys_assets.events.parse import ID_FIELDS, REQUIRED_FIELDS, RFC3339, DecodedLines
+from recsys_assets.events.parse import (
+    BLOCK_BYTES,
+    ID_FIELDS,
+    REQUIRED_FIELDS,
+    RFC3339,
+    DecodedLines,
+    map_blocks,
+)
 
 EVENT_SCHEMA = {
     "ts": pl.Datetime("us", "UTC"),
@@ -51,24 +61,38 @@ class CanonicalPartition:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+# The common form, UTC with at most microseconds, which chrono's RFC 3339 parser (`%+`) reads
+# twice as fast as an explicit format.
+_PLAIN_TS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z$"
+
+
 def _parse_ts(frame: pl.DataFrame) -> pl.Series:
     """RFC 3339 `ts` strings to UTC microseconds; null where not RFC 3339 or not a real time.
 
-    The common `...Z` form parses directly; only the other rows pay for normalization.
+    The common `...Z` forms parse directly; only the other rows pay for normalization.
     """
     column = pl.col("ts")
     fast = frame.select(
-        pl.when(column.str.contains(RFC3339)).then(
-            column.str.to_datetime(
-                "%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC", strict=False
-            )
+        pl.when(column.str.contains(_PLAIN_TS)).then(
+            column.str.to_datetime("%+", time_unit="us", time_zone="UTC", strict=False)
         )
     ).to_series()
     rest = frame.select(pl.int_range(pl.len()).alias("i"), "ts").filter(
-        fast.is_null() & pl.col("ts").str.contains(RFC3339)
+        fast.is_null() & column.is_not_null()
     )
     if rest.height == 0:
         return fast
+    slow = rest.select("i", ts=_parse_any_ts())
+    return fast.scatter(slow["i"], slow["ts"])
+
+
+def _parse_any_ts() -> pl.Expr:
+    """Any RFC 3339 `ts`: the `...Z` form read directly, the others normalized first."""
+    column = pl.col("ts")
+    rfc3339 = column.str.contains(RFC3339)
+    direct = column.str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC", strict=False
+    )
     normalized = (
         column.str.to_uppercase()
         .str.replace(" ", "T", literal=True)
@@ -76,8 +100,7 @@ def _parse_ts(frame: pl.DataFrame) -> pl.Series:
         .str.replace(r"(\.\d{6})\d+", "$1")
         .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
     )
-    slow = rest.select("i", ts=normalized)
-    return fast.scatter(slow["i"], slow["ts"])
+    return pl.when(rfc3339).then(pl.coalesce(direct, normalized))
 
 
 Rule = tuple[str, pl.Expr, pl.Expr]  # reason, condition, detail message
@@ -132,76 +155,126 @@ def validate(decoded: DecodedLines, rules: list[Rule] | None = None) -> pl.DataF
     """Normalize fields and give each row the first rule it breaks (`reason`, `rule`).
 
     Only the reason is computed for every row; `detail` is written for rejects alone
-    (`_rejects`), since formatting a message per row would cost as much as the parse.
+    (`_rule_detail`), since formatting a message per row would cost as much as the parse.
     """
     rules = rules if rules is not None else _field_rules()
-    padded = decoded.frame.select(
-        [pl.col(name).str.contains(r"^\s|\s$").any() for name in ID_FIELDS]
-    ).row(0)
-    frame = (
-        decoded.frame.with_columns(
-            [pl.col(n).str.strip_chars() for n, pad in zip(ID_FIELDS, padded, strict=True) if pad],
-            ts_raw=pl.col("ts"),
-        )
-        .with_columns(
-            [
-                pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name)).alias(name)
-                for name in ("user_id", "request_id")
-            ],
-        )
-        .with_columns(ts=_parse_ts(decoded.frame))
+    frame = decoded.frame
+    if decoded.plain:  # the only white space plain lines can hold is a space
+        padded = [pl.col(n).str.starts_with(" ") | pl.col(n).str.ends_with(" ") for n in ID_FIELDS]
+    else:
+        padded = [pl.col(n).str.contains(r"^\s|\s$") for n in ID_FIELDS]
+    padded = frame.select([p.any() for p in padded]).row(0)
+    frame = frame.with_columns(
+        [pl.col(n).str.strip_chars() for n, pad in zip(ID_FIELDS, padded, strict=True) if pad],
+        ts_raw=pl.col("ts"),
     )
-    # First-listed wins: each `when` wraps the later ones; a JSON-level reason is kept.
-    reason = pl.col("reason")
-    rule = pl.lit(None, pl.Int32)
-    for index, (name, condition, _) in reversed(list(enumerate(rules))):
-        broken = pl.col("reason").is_null() & condition
-        reason = pl.when(broken).then(pl.lit(name)).otherwise(reason)
-        rule = pl.when(broken).then(pl.lit(index, pl.Int32)).otherwise(rule)
-    return frame.with_columns(reason=reason, rule=rule)
+    optional = ("user_id", "request_id")
+    empty = frame.select([(pl.col(n) == "").any() for n in optional]).row(0)
+    frame = frame.with_columns(
+        [
+            pl.when(pl.col(n) == "").then(None).otherwise(pl.col(n)).alias(n)
+            for n, blank in zip(optional, empty, strict=True)
+            if blank
+        ],
+        ts=_parse_ts(decoded.frame),
+    )
+    # The first rule broken wins; a JSON-level reason is kept.
+    first = pl.when(rules[0][1]).then(pl.lit(0, pl.Int32))
+    for index, (_, condition, _) in enumerate(rules[1:], start=1):
+        first = first.when(condition).then(pl.lit(index, pl.Int32))
+    frame = frame.with_columns(
+        rule=pl.when(pl.col("reason").is_null()).then(first.otherwise(pl.lit(None, pl.Int32)))
+    )
+    names = pl.col("rule").replace_strict(
+        list(range(len(rules))), [name for name, _, _ in rules], return_dtype=pl.String
+    )
+    return frame.with_columns(reason=pl.coalesce("reason", names))
 
 
-def _rejects(frame: pl.DataFrame, decoded: DecodedLines, rules: list[Rule]) -> pl.DataFrame:
-    """Rejected rows with the detail of the rule they broke and their raw line, by line."""
-    detail = pl.col("detail")
+def _rule_detail(rules: list[Rule]) -> pl.Expr:
+    """The message of the rule a row broke (null for rows that broke none)."""
+    detail = pl.lit(None, pl.String)
     for index, (_, _, message) in enumerate(rules):
         detail = pl.when(pl.col("rule") == index).then(message).otherwise(detail)
-    rejects = frame.with_columns(detail=detail).select(
-        line=pl.col("line_no"), reason="reason", detail="detail"
-    )
-    rejects = rejects.sort("line")
-    raw = pl.Series("raw", decoded.raw_lines(rejects["line"].to_list()), dtype=pl.String)
-    return rejects.with_columns(raw)
+    return detail
+
+
+_DETAIL = pl.when(pl.col("rule").is_not_null()).then("rule_detail").otherwise("detail")
+
+
+# A partition's events all name its tenant and surface: those columns are added once sorted.
+_VARYING = {
+    name: dtype for name, dtype in EVENT_SCHEMA.items() if name not in ("tenant", "surface")
+}
+
+
+def _events(frame: pl.DataFrame) -> pl.DataFrame:
+    """The valid rows of a partition, without the columns that are the partition's."""
+    return frame.select([pl.col(n).cast(t) for n, t in _VARYING.items()])
+
+
+# The ids whose distinct values a partition counts (the cardinality guard), by count name.
+_DISTINCT = {
+    "distinct_sessions": "session_id",
+    "distinct_items": "item_id",
+    "distinct_users": "user_id",
+}
+
+
+class _Checked(NamedTuple):
+    """What a block of lines leaves: typed events and the distinct values of their ids, the
+    other rows, and its line counts."""
+
+    events: pl.DataFrame
+    distinct: dict[str, pl.Series]
+    others: pl.DataFrame
+    lines: int
+    blank_lines: int
+
+
+def _distinct(events: pl.DataFrame) -> dict[str, pl.Series]:
+    """The distinct values of each counted id (nulls aside): counting them per block keeps
+    the hashing of every row in the blocks' parallel work."""
+    return {
+        count: events.get_column(name).drop_nulls().unique() for count, name in _DISTINCT.items()
+    }
+
+
+def _count(distinct: list[pl.Series]) -> int:
+    """How many distinct values the blocks' distinct values make together."""
+    return pl.concat(distinct).n_unique() if distinct else 0
 
 
 def _finish(
-    rows: pl.DataFrame,
+    partition: Partition,
+    events: list[pl.DataFrame],
+    distinct: list[dict[str, pl.Series]],
     rejects: pl.DataFrame,
     counts: dict[str, int],
     dedup_exact: bool,
 ) -> CanonicalPartition:
-    events = rows.select([pl.col(n).cast(t) for n, t in EVENT_SCHEMA.items()])
+    """Sort and de-duplicate the events, adding their tenant and surface (the partition's);
+    the list is emptied, so that the unsorted events are let go of as they are sorted."""
+    parts, events = events, _concat(events, _VARYING)
+    parts.clear()
     before = events.height
-    events = events.sort(SORT_KEYS, nulls_last=True)
-    if dedup_exact:
-        # Sorted on every column that varies within a partition, exact duplicates are
-        # neighbours: cheaper than hashing whole rows.
-        repeat = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in SORT_KEYS])
-        events = events.filter(~repeat)
-    events = events.rechunk()
+    order = _order(events, dedup_exact)
+    columns = events.get_columns()
+    del events  # the columns alone hold the unsorted events, each let go of once sorted
+    events = _gathered(columns, order).select(
+        [
+            pl.lit(getattr(partition, name), dtype).alias(name)
+            if name in ("tenant", "surface")
+            else pl.col(name)
+            for name, dtype in EVENT_SCHEMA.items()
+        ]
+    )
     reasons = rejects.group_by("reason").len().sort("reason")
-    stats = events.select(
-        sessions=pl.col("session_id").n_unique(),
-        items=pl.col("item_id").n_unique(),
-        users=pl.col("user_id").drop_nulls().n_unique(),
-    ).row(0, named=True)
     counts = counts | {
         "rows": events.height,
         "rejects": rejects.height,
         "duplicates": before - events.height,
-        "distinct_sessions": stats["sessions"],
-        "distinct_items": stats["items"],
-        "distinct_users": stats["users"],
+        **{count: _count([d[count] for d in distinct]) for count in _DISTINCT},
     }
     return CanonicalPartition(
         events=events,
@@ -211,32 +284,150 @@ def _finish(
     )
 
 
+def _order(events: pl.DataFrame, dedup_exact: bool) -> pl.Series:
+    """Positions of the events by `SORT_KEYS` (nulls last), less exact duplicates.
+
+    Rows that tie on every key are identical (tenant and surface are the partition's), so
+    any sort on the keys gives the same frame, and exact duplicates are neighbours. `ts`
+    alone orders almost every row: only rows that share their `ts` are sorted on all the
+    keys, and only they can be duplicates, which is much cheaper than sorting every row on
+    six columns.
+    """
+    order = events.select(pl.col("ts").arg_sort(nulls_last=True)).to_series()
+    ts = events.get_column("ts").gather(order)
+    tied = (ts.eq_missing(ts.shift(1)) | ts.eq_missing(ts.shift(-1))).arg_true()
+    if tied.len() == 0:
+        return order
+    rows = order.gather(tied)
+    keys = events.select(SORT_KEYS)[rows]
+    within = keys.select(pl.arg_sort_by(SORT_KEYS, nulls_last=True)).to_series()
+    order = order.scatter(tied, rows.gather(within))
+    if not dedup_exact:
+        return order
+    keys = keys[within]
+    repeat = keys.select(
+        pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in SORT_KEYS])
+    ).to_series()
+    if not repeat.any():
+        return order
+    keep = np.ones(order.len(), dtype=bool)
+    keep[tied.filter(repeat).to_numpy()] = False
+    return order.filter(pl.Series(keep))
+
+
+def _gathered(columns: list[pl.Series], rows: pl.Series) -> pl.DataFrame:
+    """The columns' values at `rows`, as a frame. The list is emptied a column at a time, so
+    that (when nothing else holds them) only one column is held twice."""
+    gathered = []
+    while columns:
+        gathered.append(columns.pop(0).rechunk().gather(rows))
+    return pl.DataFrame(gathered)
+
+
 def canonical_from_day_file(
-    decoded: DecodedLines, partition: Partition, *, dedup_exact: bool = True
+    data: bytes,
+    partition: Partition,
+    *,
+    dedup_exact: bool = True,
+    block_bytes: int = BLOCK_BYTES,
 ) -> CanonicalPartition:
-    """A per-day file belongs to its partition line by line."""
+    """A per-day file belongs to its partition line by line.
+
+    Each block of lines is validated as soon as it is decoded, and only its typed events and
+    its rejects are kept.
+    """
     rules = _field_rules() + _partition_rules(partition)
-    frame = validate(decoded, rules)
-    counts = {
-        "lines": decoded.total_lines,
-        "blank_lines": decoded.blank_lines,
-        "attributed_lines": decoded.total_lines - decoded.blank_lines,
-    }
-    return _finish(*_split_valid(frame, decoded, rules), counts, dedup_exact)
+    blocks = map_blocks(
+        data, functools.partial(_check_day_block, rules=rules), block_bytes=block_bytes
+    )
+    lines = sum(block.lines for block in blocks)
+    blank = sum(block.blank_lines for block in blocks)
+    counts = {"lines": lines, "blank_lines": blank, "attributed_lines": lines - blank}
+    rejects = _concat([block.others for block in blocks], REJECT_SCHEMA)
+    distinct = [block.distinct for block in blocks]
+    events = [block.events for block in blocks]
+    del blocks  # the events list alone holds the events now
+    return _finish(partition, events, distinct, rejects, counts, dedup_exact)
 
 
-def _split_valid(
-    frame: pl.DataFrame, decoded: DecodedLines, rules: list[Rule]
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Valid rows and rejects; with no reject the rows are the frame itself, not a copy."""
+def _check_day_block(block: DecodedLines, rules: list[Rule]) -> _Checked:
+    frame = validate(block, rules)
     bad = frame.filter(pl.col("reason").is_not_null())
-    rows = frame if bad.height == 0 else frame.filter(pl.col("reason").is_null())
-    return rows, _rejects(bad, decoded, rules)
+    # with no reject the rows are the frame itself, not a copy
+    valid = frame if bad.height == 0 else frame.filter(pl.col("reason").is_null())
+    bad = bad.with_columns(rule_detail=_rule_detail(rules))
+    bad = bad.select(line="line_no", reason="reason", detail=_DETAIL)
+    events = _events(valid)
+    others = _with_raw(bad, block)
+    return _Checked(events, _distinct(events), others, block.total_lines, block.blank_lines)
 
 
-def attribute(decoded: DecodedLines) -> pl.DataFrame:
-    """Validated rows of a flat file with the partition they belong to (`day`), if any."""
-    frame = validate(decoded)
+def _concat(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _with_raw(rejects: pl.DataFrame, block: DecodedLines) -> pl.DataFrame:
+    """Rejected lines of a block by line, with their raw text."""
+    rejects = rejects.sort("line")
+    raw = pl.Series("raw", block.raw_lines(rejects["line"].to_list()), dtype=pl.String)
+    return rejects.with_columns(raw)
+
+
+@dataclass(frozen=True)
+class AttributedLines:
+    """The lines of a flat file by the partition they name: the valid `events` of configured
+    tenant/surfaces with their `day`, and the `others` (rejects, and lines that name no
+    partition or one not configured) with their reason and raw text, by line."""
+
+    events: pl.DataFrame
+    others: pl.DataFrame
+    total_lines: int
+    blank_lines: int
+
+
+_OTHERS_SCHEMA = {
+    "tenant": pl.String,
+    "surface": pl.String,
+    "day": pl.Date,
+    "known": pl.Boolean,
+    "reason": pl.String,
+    "detail": pl.String,
+    "rule": pl.Int32,
+    "line": pl.Int64,
+    "rule_detail": pl.String,
+    "raw": pl.String,
+}
+
+
+def attribute(
+    data: bytes, known_keys: set[tuple[str, str]], *, block_bytes: int = BLOCK_BYTES
+) -> AttributedLines:
+    """Validate the lines of a flat file and attribute each to the partition it names."""
+    known = pl.DataFrame(
+        {"tenant": [t for t, _ in known_keys], "surface": [s for _, s in known_keys]},
+        schema={"tenant": pl.String, "surface": pl.String},
+    ).with_columns(known=pl.lit(True))
+    check = functools.partial(_attribute_block, rules=_field_rules(), known=known)
+    blocks = map_blocks(data, check, block_bytes=block_bytes)
+    return AttributedLines(
+        _concat([block.events for block in blocks], {**EVENT_SCHEMA, "day": pl.Date}),
+        _concat([block.others for block in blocks], _OTHERS_SCHEMA),
+        sum(block.lines for block in blocks),
+        sum(block.blank_lines for block in blocks),
+    )
+
+
+class _Attributed(NamedTuple):
+    """What a block of a flat file leaves: valid events of configured tenant/surfaces with
+    their day, the other rows, and its line counts."""
+
+    events: pl.DataFrame
+    others: pl.DataFrame
+    lines: int
+    blank_lines: int
+
+
+def _attribute_block(block: DecodedLines, rules: list[Rule], known: pl.DataFrame) -> _Attributed:
     attributable = (
         pl.col("tenant").is_not_null()
         & (pl.col("tenant") != "")
@@ -244,52 +435,70 @@ def attribute(decoded: DecodedLines) -> pl.DataFrame:
         & (pl.col("surface") != "")
         & pl.col("ts").is_not_null()
     )
-    return frame.with_columns(day=pl.when(attributable).then(pl.col("ts").dt.date()))
+    frame = (
+        validate(block, rules)
+        .with_columns(day=pl.when(attributable).then(pl.col("ts").dt.date()))
+        .join(known, on=["tenant", "surface"], how="left", maintain_order="left")
+        .with_columns(pl.col("known").fill_null(False))
+    )
+    event = pl.col("reason").is_null() & pl.col("day").is_not_null() & pl.col("known")
+    others = frame.filter(~event).select(
+        "tenant",
+        "surface",
+        "day",
+        "known",
+        "reason",
+        "detail",
+        "rule",
+        line="line_no",
+        rule_detail=_rule_detail(rules),
+    )
+    return _Attributed(
+        frame.filter(event).select(*EVENT_SCHEMA, "day"),
+        _with_raw(others, block),
+        block.total_lines,
+        block.blank_lines,
+    )
 
 
 def canonical_from_flat_file(
-    decoded: DecodedLines,
-    attributed: pl.DataFrame,
-    partition: Partition,
-    *,
-    dedup_exact: bool = True,
+    attributed: AttributedLines, partition: Partition, *, dedup_exact: bool = True
 ) -> CanonicalPartition:
-    """The lines of a flat file that name this partition by tenant, surface and `ts`."""
-    mine = attributed.filter(
+    """The lines of a flat file that name this partition by tenant, surface and `ts`; the
+    partition must be one of the tenant/surfaces the lines were attributed with."""
+    mine = (
         (pl.col("tenant") == partition.tenant)
         & (pl.col("surface") == partition.surface)
         & (pl.col("day") == partition.day)
     )
+    rows = attributed.events.filter(mine)
+    rejects = attributed.others.filter(mine & pl.col("reason").is_not_null()).select(
+        "line", "reason", detail=_DETAIL, raw="raw"
+    )
     counts = {
-        "lines": decoded.total_lines,
-        "blank_lines": decoded.blank_lines,
-        "attributed_lines": mine.height,
+        "lines": attributed.total_lines,
+        "blank_lines": attributed.blank_lines,
+        "attributed_lines": rows.height + rejects.height,
     }
-    return _finish(*_split_valid(mine, decoded, _field_rules()), counts, dedup_exact)
+    events = _events(rows)
+    return _finish(partition, [events], [_distinct(events)], rejects, counts, dedup_exact)
 
 
-def unattributed(
-    decoded: DecodedLines, attributed: pl.DataFrame, known_keys: set[tuple[str, str]]
-) -> pl.DataFrame:
+def unattributed(attributed: AttributedLines) -> pl.DataFrame:
     """Lines of a flat file that no configured partition can take, with their reason."""
-    known = pl.DataFrame(
-        {"tenant": [t for t, _ in known_keys], "surface": [s for _, s in known_keys]},
-        schema={"tenant": pl.String, "surface": pl.String},
-    ).with_columns(known=pl.lit(True))
-    frame = attributed.join(known, on=["tenant", "surface"], how="left", nulls_equal=False)
-    orphan = pl.col("day").is_null() | pl.col("known").is_null()
+    unattributable = pl.col("day").is_null()
     return (
-        frame.filter(orphan)
+        attributed.others.filter(unattributable | ~pl.col("known"))
         .with_columns(
-            reason=pl.when(pl.col("day").is_null())
+            reason=pl.when(unattributable)
             .then(pl.col("reason").fill_null("unattributable"))
             .otherwise(pl.lit("unknown_tenant_surface")),
-            detail=pl.when(pl.col("day").is_null())
+            detail=pl.when(unattributable)
             .then(pl.col("detail").fill_null("no tenant, surface or valid ts"))
             .otherwise(pl.format("{}/{} is not configured", "tenant", "surface")),
-            rule=pl.when(pl.col("day").is_null()).then("rule"),
+            rule=pl.when(unattributable).then("rule"),
         )
-        .pipe(_rejects, decoded, _field_rules())
+        .select("line", "reason", detail=_DETAIL, raw="raw")
     )
 
 

@@ -86,8 +86,11 @@ class CanonicalStore(LocationResource):
         data = self.store().read_bytes(marker_key(partition, dataset))
         return orjson.loads(data) if data is not None else None
 
-    def read_events(self, partition: Partition) -> tuple[pl.DataFrame, dict]:
-        """The partition's events, checked against the marker's content hash."""
+    def read_events(
+        self, partition: Partition, columns: list[str] | None = None
+    ) -> tuple[pl.DataFrame, dict]:
+        """The partition's events (or only `columns` of them), checked against the marker's
+        content hash."""
         marker = self.marker(partition)
         if marker is None:
             raise PartitionNotReady(f"canonical partition {partition} has no marker")
@@ -96,7 +99,8 @@ class CanonicalStore(LocationResource):
             raise PartitionNotReady(
                 f"canonical partition {partition}: exposures do not match the marker's hash"
             )
-        return pl.read_parquet(data).cast(EVENT_SCHEMA), marker
+        events = pl.read_parquet(data, columns=columns)
+        return events.cast({name: EVENT_SCHEMA[name] for name in events.columns}), marker
 
     def uri(self, key: str) -> str:
         return self.store().uri(key)
