@@ -180,7 +180,8 @@ def bench_s3(events: int, results: list[StageResult]) -> None:
             )
             s.extra["MB"] = round(flat.stat().st_size / 2**20)
         with stage("fs source read (flat)", results) as s:
-            data = FilesystemEventSource(dir=str(raw_dir)).read(PARTITION).data
+            with FilesystemEventSource(dir=str(raw_dir)).read(PARTITION).open() as stream:
+                data = stream.read()
             s.extra["MB"] = round(len(data) / 2**20)
         del data
         source = S3EventSource(bucket=BUCKET, prefix="raw", s3=settings)

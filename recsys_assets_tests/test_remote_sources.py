@@ -39,10 +39,11 @@ JAN1 = Partition("demo", "home", dt.date(2026, 1, 1))
 
 
 def canonical(raw: RawInput, partition: Partition) -> CanonicalPartition:
-    if raw.layout == "day":
-        return canonical_from_day_file(raw.data, partition)
-    known = {(partition.tenant, partition.surface)}
-    return canonical_from_flat_file(attribute(raw.data, known), partition)
+    with raw.open() as stream:
+        if raw.layout == "day":
+            return canonical_from_day_file(stream, partition)
+        known = {(partition.tenant, partition.surface)}
+        return canonical_from_flat_file(attribute(stream, known), partition)
 
 
 def assert_same_partition(got: CanonicalPartition, expected: CanonicalPartition) -> None:

@@ -1,6 +1,7 @@
 """The `canonical_exposures` asset: thin wiring of source → parse → canonical store → guards."""
 
 import time
+from typing import BinaryIO
 
 import dagster as dg
 import polars as pl
@@ -16,9 +17,10 @@ CANONICAL = dg.AssetKey("canonical_exposures")
 
 
 def build_canonical_partition(
-    raw_layout: str, data: bytes, partition: canon.Partition, config: AppConfig
+    raw_layout: str, data: bytes | BinaryIO, partition: canon.Partition, config: AppConfig
 ) -> tuple[canon.CanonicalPartition, bytes | None]:
-    """The canonical partition from a source's bytes, plus a flat file's unattributed lines."""
+    """The canonical partition from a source's bytes (or stream), plus a flat file's
+    unattributed lines."""
     if raw_layout != "flat":
         return canon.canonical_from_day_file(data, partition, dedup_exact=config.dedup_exact), None
     known = {(t.tenant, t.surface) for t in config.tenants}
@@ -48,13 +50,14 @@ def canonical_asset(
         raw = raw_source.read(partition)
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: "
-            f"read {len(raw.data):,} bytes ({raw.layout}) from {raw.name}"
+            f"reading {raw.size:,} bytes ({raw.layout}) from {raw.name}"
         )
-        result, orphans = build_canonical_partition(raw.layout, raw.data, partition, config)
+        with raw.open() as stream:
+            result, orphans = build_canonical_partition(raw.layout, stream, partition, config)
         result = canon.with_source_rejects(result, raw.source_rejects)
         metadata: dict[str, object] = {}
         if orphans:
-            name = f"{canon.sha256_hex(raw.data)}.jsonl"
+            name = f"{raw.sha256_hex()}.jsonl"
             metadata["unattributed_path"] = canonical_store.write_unattributed(name, orphans)
             metadata["unattributed_lines"] = orphans.count(b"\n")
         marker = canonical_store.write(partition, result, raw.name)

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import io
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import orjson
@@ -325,13 +325,14 @@ def _gathered(columns: list[pl.Series], rows: pl.Series) -> pl.DataFrame:
 
 
 def canonical_from_day_file(
-    data: bytes,
+    data: bytes | BinaryIO,
     partition: Partition,
     *,
     dedup_exact: bool = True,
     block_bytes: int = BLOCK_BYTES,
 ) -> CanonicalPartition:
-    """A per-day file belongs to its partition line by line.
+    """A per-day file (bytes, or a stream read as it goes) belongs to its partition line by
+    line.
 
     Each block of lines is validated as soon as it is decoded, and only its typed events and
     its rejects are kept.
@@ -400,7 +401,7 @@ _OTHERS_SCHEMA = {
 
 
 def attribute(
-    data: bytes, known_keys: set[tuple[str, str]], *, block_bytes: int = BLOCK_BYTES
+    data: bytes | BinaryIO, known_keys: set[tuple[str, str]], *, block_bytes: int = BLOCK_BYTES
 ) -> AttributedLines:
     """Validate the lines of a flat file and attribute each to the partition it names."""
     known = pl.DataFrame(

@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 import io
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, BinaryIO, TypeVar
 
 import msgspec
 import numpy as np
@@ -253,18 +253,19 @@ def _read_json(lines: pl.Series) -> pl.DataFrame:
 
 
 def map_blocks(
-    data: bytes,
+    source: bytes | BinaryIO,
     check: Callable[[DecodedLines], T],
     *,
     block_bytes: int = BLOCK_BYTES,
     workers: int = 3,
 ) -> list[T]:
-    """Decode JSON Lines bytes a block of lines (about `block_bytes`) at a time and map each
-    block through `check`, `workers` blocks at once; the results are in block order.
+    """Decode JSON Lines (bytes, or a binary stream read as it goes) a block of lines (about
+    `block_bytes`) at a time and map each block through `check`, `workers` blocks at once;
+    the results are in block order.
 
     A block and its scratch columns live only until `check` returns, so what stays in memory
     is what `check` keeps. polars releases the GIL: while one block is in its Python steps
-    (the gate, cutting raw text) and this thread cuts the next block, the others keep the
+    (the gate, cutting raw text) and this thread reads the next block, the others keep the
     cores busy.
     """
     if block_bytes < 1:
@@ -273,22 +274,32 @@ def map_blocks(
     pending: deque[Future[T]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         try:
-            first_line, start = 1, 0
-            while start < len(data):
-                cut = data.find(b"\n", start + block_bytes - 1)
-                end = len(data) if cut < 0 else cut + 1
-                block = data[start:end]
+            first_line = 1
+            for block in _blocks(source, block_bytes):
                 lines = block.count(b"\n") + (not block.endswith(b"\n"))
                 pending.append(pool.submit(_decode_and_check, block, first_line, lines, check))
-                while len(pending) > workers:  # bounds the blocks cut but not yet decoded
+                while len(pending) > workers:  # bounds the blocks read but not yet decoded
                     results.append(pending.popleft().result())
                 first_line += lines
-                start = end
             results.extend(future.result() for future in pending)
         finally:
             for future in pending:
                 future.cancel()
     return results
+
+
+def _blocks(source: bytes | BinaryIO, block_bytes: int) -> Iterator[bytes]:
+    """The source in blocks of whole lines: about `block_bytes`, then up to a line break."""
+    if isinstance(source, bytes):
+        start = 0
+        while start < len(source):
+            cut = source.find(b"\n", start + block_bytes - 1)
+            end = len(source) if cut < 0 else cut + 1
+            yield source[start:end]
+            start = end
+        return
+    while block := source.read(block_bytes):
+        yield block if block.endswith(b"\n") else block + source.readline()
 
 
 def _decode_and_check(

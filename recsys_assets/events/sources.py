@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import dagster as dg
 
@@ -16,7 +19,11 @@ FLAT_FILE = "exposure.jsonl"
 
 @dataclass(frozen=True)
 class RawInput:
-    """What a source holds for one partition: a per-day file, the flat file, or nothing."""
+    """What a source holds for one partition: a per-day file, the flat file, or nothing.
+
+    Its bytes are `data`, or the local file at `path` (then `data` is empty), which `open`
+    streams so that a big file is never in memory whole.
+    """
 
     layout: str  # "day" | "flat" | "none"
     data: bytes
@@ -24,6 +31,19 @@ class RawInput:
     # What a source could not turn into lines (a database row: `id`, `request_id`, `reason`,
     # `detail`), merged into the partition's rejects.
     source_rejects: list[dict] = field(default_factory=list)
+    path: Path | None = None
+
+    def open(self) -> BinaryIO:
+        """The bytes, as a binary stream."""
+        return self.path.open("rb") if self.path is not None else io.BytesIO(self.data)
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path is not None else len(self.data)
+
+    def sha256_hex(self) -> str:
+        with self.open() as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 class RawEventSource(dg.ConfigurableResource, ABC):
@@ -45,8 +65,8 @@ class FilesystemEventSource(RawEventSource):
         root = Path(self.dir)
         day_file = root / partition.tenant / partition.surface / DAY_FILE.format(day=partition.day)
         if day_file.is_file():
-            return RawInput("day", day_file.read_bytes(), day_file.relative_to(root).as_posix())
+            return RawInput("day", b"", day_file.relative_to(root).as_posix(), path=day_file)
         flat = root / FLAT_FILE
         if flat.is_file():
-            return RawInput("flat", flat.read_bytes(), FLAT_FILE)
+            return RawInput("flat", b"", FLAT_FILE, path=flat)
         return RawInput("none", b"", day_file.relative_to(root).as_posix())
