@@ -140,3 +140,7 @@ def test_states_older_than_yesterday_are_deleted(setup):
         ]
         marker = orjson.loads((folder / "2026-01-06.json").read_bytes())
         assert sorted(marker["days"]) == ["2026-01-04", "2026-01-05", "2026-01-06"]
+    before = {path: path.read_bytes() for path in states.rglob("*") if path.is_file()}
+    for offset in (2, 3, 4, 5):  # re-running the days adds no state back
+        window(offset)
+    assert {path: path.read_bytes() for path in states.rglob("*") if path.is_file()} == before

@@ -12,7 +12,8 @@ aggregation plus a merge, whatever N is. Any other difference (a day re-aggregat
 day) is handled the same way when the old file is still there to subtract, and by summing
 every day afresh otherwise. Sums are exact integers in canonical form (see `coded`), so the
 result is identical either way; the state is only a cache, checked by hash before use, and
-the states more than a day older than the newest written are deleted.
+the states more than a day older than the newest written are deleted; an earlier day
+re-run after a later one writes no state.
 """
 
 from __future__ import annotations
@@ -218,8 +219,17 @@ class _WindowStates:
         return marker["days"], read_raw(data)
 
     def _write(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
-        """Write the state for `day` (data, then marker), then delete older ones."""
+        """Write the state for `day` (data, then marker), then delete older ones.
+
+        A state is only kept at the head: a re-run or backfill of an earlier day writes
+        none, so re-running days leaves the files as they were.
+        """
         store = self.store.store()
+        names = [key.rsplit("/", 1)[-1] for key in store.list_keys(self.folder)]
+        if any(
+            name.removesuffix(".json") > day.isoformat() for name in names if name.endswith(".json")
+        ):
+            return
         data = raw_bytes(coded)
         store.write_bytes(f"{self.folder}/{day.isoformat()}.bin", data)
         marker = {
