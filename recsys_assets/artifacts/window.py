@@ -198,10 +198,8 @@ class _WindowStates:
     def _old_aggregate(self, day: dt.date, content_hash: str) -> Coded | None:
         """A day's aggregate as a state summed it, if its file is still that one."""
         partition = Partition(self.entry.tenant, self.entry.surface, day)
-        marker = self.store.marker(partition, "aggregates")
-        if marker is None or marker.get("v") != AGGREGATES_FORMAT:
-            return None
-        if marker["content_hashes"].get(self.kind) != content_hash:
+        marker = self.store.aggregates_marker(partition)
+        if marker is None or marker["content_hashes"].get(self.kind) != content_hash:
             return None
         return self.store.read_aggregate(partition, self.kind, marker)
 
@@ -225,10 +223,12 @@ class _WindowStates:
         none, so re-running days leaves the files as they were.
         """
         store = self.store.store()
-        names = [key.rsplit("/", 1)[-1] for key in store.list_keys(self.folder)]
-        if any(
-            name.removesuffix(".json") > day.isoformat() for name in names if name.endswith(".json")
-        ):
+        held = sorted(
+            key.rsplit("/", 1)[-1].removesuffix(".json")
+            for key in store.list_keys(self.folder)
+            if key.endswith(".json")
+        )
+        if held and held[-1] > day.isoformat():
             return
         data = raw_bytes(coded)
         store.write_bytes(f"{self.folder}/{day.isoformat()}.bin", data)
@@ -247,8 +247,7 @@ class _WindowStates:
             orjson.dumps(marker, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
         )
         keep = (day - dt.timedelta(days=1)).isoformat()
-        for key in store.list_keys(self.folder):
-            name = key.rsplit("/", 1)[-1]
-            if name.endswith(".json") and name.removesuffix(".json") < keep:
-                store.delete(key)
-                store.delete(key.removesuffix(".json") + ".bin")
+        for last in held:
+            if last < keep:
+                store.delete(f"{self.folder}/{last}.json")
+                store.delete(f"{self.folder}/{last}.bin")

@@ -177,13 +177,18 @@ class CanonicalStore(LocationResource):
         )
         return marker
 
+    def aggregates_marker(self, partition: Partition) -> dict | None:
+        """The day's aggregates marker; None when absent or in another storage format."""
+        marker = self.marker(partition, "aggregates")
+        return marker if marker is not None and marker.get("v") == AGGREGATES_FORMAT else None
+
     def read_aggregates(
         self, partition: Partition, kinds: list[str]
     ) -> tuple[dict[str, Aggregate], dict] | None:
         """The day's aggregates of `kinds` as its marker vouches for them; None when absent
         or stored in another format (see AGGREGATES_FORMAT)."""
-        marker = self.marker(partition, "aggregates")
-        if marker is None or marker.get("v") != AGGREGATES_FORMAT:
+        marker = self.aggregates_marker(partition)
+        if marker is None:
             return None
         return {kind: self.read_aggregate(partition, kind, marker) for kind in kinds}, marker
 
