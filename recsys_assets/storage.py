@@ -13,10 +13,11 @@ import base64
 import fcntl
 import functools
 import hashlib
+import mmap
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ class Store(ABC):
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> bool:
         """Replace the object atomically; returns False when it already held these bytes."""
+
+    def read_buffer(self, key: str) -> Any:
+        """The object's bytes as a read-only buffer, or None when it does not exist.
+
+        A local file is mapped rather than copied, so a large object costs no memory of this
+        process until it is read.
+        """
+        return self.read_bytes(key)
+
+    def write_parts(self, key: str, parts: Iterable[Any]) -> None:
+        """Replace the object atomically with the concatenation of `parts` (buffers); a local
+        file is written part by part, so the whole never exists in memory."""
+        self.write_bytes(key, b"".join(parts))
 
     @abstractmethod
     def write_if_absent(self, key: str, data: bytes) -> bool:
@@ -96,12 +110,27 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def read_buffer(self, key: str) -> Any:
+        try:
+            with self._path(key).open("rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    return b""
+                # The mapping outlives the file object; an unlinked or replaced file stays
+                # readable through it.
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
+
+    def write_parts(self, key: str, parts: Iterable[Any]) -> None:
+        self._write_atomic(self._path(key), parts)
+
+    def _write_atomic(self, path: Path, data: bytes | Iterable[Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for part in [data] if isinstance(data, bytes) else data:
+                    handle.write(part)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

@@ -7,12 +7,15 @@ import math
 import struct
 from datetime import date, datetime
 
+import numpy as np
 import orjson
+import polars as pl
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_assets.artifacts import envelope
 from recsys_assets.artifacts.envelope import (
     build_document,
     canonical_bytes,
@@ -24,6 +27,7 @@ from recsys_assets.artifacts.envelope import (
     verify_blob,
     version_of,
 )
+from recsys_assets.artifacts.ranking import nest_json
 
 HASH = "ab" * 32
 BUILT = "2026-01-02T03:04:05Z"
@@ -292,3 +296,51 @@ def test_version_of_a_scored_payload_equals_the_rfc8785_sha256(entries, tenant_l
     }
     unbuilt = {key: value for key, value in document.items() if key != "build"}
     assert version_of(document) == hashlib.sha256(rfc8785.dumps(unbuilt)).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(text.filter(bool), st.lists(st.tuples(text.filter(bool), st.integers(0, 10**6)))),
+        max_size=6,
+        unique_by=lambda row: row[0],
+    ).map(lambda rows: [(row_id, entries) for row_id, entries in rows if entries]),
+    st.sampled_from([("user_id", "items", "score"), ("a", "z", "count")]),
+)
+def test_a_list_written_ahead_is_the_rfc8785_form_of_its_rows(rows, keys):
+    """`nest_json` bytes, alone and inside a document, are what JCS makes of the same dicts."""
+    row_key, list_key, value_key = keys
+    items = sorted({item for _, entries in rows for item, _ in entries})
+    encoded = nest_json(
+        pl.Series([row_id for row_id, _ in rows], dtype=pl.String),
+        np.repeat(np.arange(len(rows)), [len(entries) for _, entries in rows]),
+        pl.Series(items, dtype=pl.String),
+        np.array([items.index(item) for _, entries in rows for item, _ in entries], dtype=int),
+        np.array([value for _, entries in rows for _, value in entries], dtype=np.int64),
+        row_key=row_key,
+        list_key=list_key,
+        value_key=value_key,
+    )
+    nested = [
+        {row_key: row_id, list_key: [{"item_id": i, value_key: v} for i, v in entries]}
+        for row_id, entries in rows
+    ]
+    assert encoded.data == rfc8785.dumps(nested)
+    assert encoded == nested and len(encoded) == len(nested)
+    document = {"v": 1, "rows": encoded, "score": 0.5}
+    plain = {"v": 1, "rows": nested, "score": 0.5}
+    assert canonical_bytes(document) == rfc8785.dumps(plain)
+    assert orjson.loads(serialize(document)) == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.integers(1, 9))
+def test_float_scan_in_slices_finds_floats_across_slice_edges(value, size):
+    """Big documents are scanned for floats to correct slice by slice; tiny slices put the
+    edges everywhere."""
+    original = envelope._SCAN_SLICE
+    envelope._SCAN_SLICE = size
+    try:
+        assert canonical_bytes(value) == rfc8785.dumps(value)
+    finally:
+        envelope._SCAN_SLICE = original

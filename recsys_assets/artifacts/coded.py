@@ -16,9 +16,10 @@ from scratch.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -26,6 +27,8 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys_assets.artifacts.ranking import codes
+
+Buffer = Any  # bytes, mmap, memoryview: anything with the buffer protocol
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,15 @@ def coded_from_ids(first: pl.Series, second: pl.Series, values: np.ndarray, what
     )
 
 
-def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
+def combine(
+    terms: Sequence[tuple[Coded, int]], what: str = "aggregate", *, reuse_first: bool = False
+) -> Coded:
     """The sum of `sign * values` over (values, sign) terms.
 
     Used with sign -1 to take a day out of a window: a negative result means the day was
-    not part of it, which is an error, not a value.
+    not part of it, which is an error, not a value. `reuse_first`: the first term is not used
+    again (a window state read for this sum), so its column codes may be rewritten in place
+    rather than copied; it is left inconsistent.
     """
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not present:
@@ -117,9 +124,18 @@ def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Code
     rows, row_maps = _union([coded.rows for coded, _ in present], what)
     columns, column_maps = _union([coded.columns for coded, _ in present], what)
     matrices = [
-        _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign)
+        _recoded(
+            coded.matrix,
+            row_map,
+            column_map,
+            rows.len(),
+            columns.len(),
+            sign,
+            in_place=reuse_first and coded is terms[0][0],
+        )
         for (coded, sign), row_map, column_map in zip(present, row_maps, column_maps, strict=True)
     ]
+    fresh = len(matrices) > 1  # a sum's arrays belong to no term
     total = _tree_sum(matrices)
     if all(sign > 0 for _, sign in present):
         # Positive sums cancel nothing: every id of the union keeps an entry.
@@ -129,7 +145,7 @@ def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Code
         raise ValueError(
             f"{what}: subtracting a day left negative values; the day was not in the window"
         )
-    return _pruned(Coded(rows, columns, total))
+    return _pruned(Coded(rows, columns, total), in_place=fresh)
 
 
 def parquet_bytes(coded: Coded) -> bytes:
@@ -178,6 +194,7 @@ _PARQUET_SCHEMA = {
     "column_id": pl.String(),
 }
 _MAGIC = b"recsys-assets coded v1\n"
+_SLICE = 1 << 22  # entries per slice of a pass over a big state's arrays
 
 
 def raw_bytes(coded: Coded) -> bytes:
@@ -189,46 +206,53 @@ def raw_bytes(coded: Coded) -> bytes:
     is rewritten every day, and raw arrays cost a copy where Parquet's encoders cost
     seconds. The header names each part with its dtype and length in bytes.
     """
+    return b"".join(raw_chunks(coded))
+
+
+def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | memoryview]:
+    """`raw_bytes` in pieces, narrowed a slice at a time: a stream to write a big state
+    without holding a second copy of it."""
     matrix = coded.matrix
-    parts = {
-        "rows": _parquet(coded.rows),
-        "columns": _parquet(coded.columns),
-        "indptr": matrix.indptr.astype("<i8", copy=False),
-        "indices": matrix.indices.astype(_narrowest(coded.columns.len() - 1), copy=False),
-        "data": matrix.data.astype(_narrowest(int(matrix.data.max()) if coded.nnz else 0)),
+    arrays = {
+        "indptr": (matrix.indptr, "<i8"),
+        "indices": (matrix.indices, _narrowest(coded.columns.len() - 1)),
+        "data": (matrix.data, _narrowest(int(matrix.data.max()) if coded.nnz else 0)),
     }
-    header = orjson.dumps(
-        {
-            "shape": list(matrix.shape),
-            "parts": [
-                [name, "parquet" if isinstance(part, bytes) else part.dtype.str, _nbytes(part)]
-                for name, part in parts.items()
-            ],
-        }
-    )
-    chunks = [_MAGIC, len(header).to_bytes(8, "little"), header]
-    chunks += [part if isinstance(part, bytes) else part.data for part in parts.values()]
-    return b"".join(chunks)
+    dictionaries = {"rows": _parquet(coded.rows), "columns": _parquet(coded.columns)}
+    parts = [[name, "parquet", len(part)] for name, part in dictionaries.items()]
+    parts += [
+        [name, np.dtype(dtype).str, array.size * np.dtype(dtype).itemsize]
+        for name, (array, dtype) in arrays.items()
+    ]
+    header = orjson.dumps({"shape": list(matrix.shape), "parts": parts})
+    yield _MAGIC + len(header).to_bytes(8, "little") + header
+    yield from dictionaries.values()
+    for array, dtype in arrays.values():
+        for start in range(0, array.size, chunk_entries):
+            piece = array[start : start + chunk_entries].astype(dtype, copy=False)
+            yield memoryview(np.ascontiguousarray(piece)).cast("B")
 
 
-def read_raw(data: bytes) -> Coded:
-    """Read what `raw_bytes` wrote."""
-    if not data.startswith(_MAGIC):
+def read_raw(data: Buffer) -> Coded:
+    """Read what `raw_bytes` wrote, from any buffer (a mapped file is read in place; arrays
+    already in their in-memory type stay views of it, read-only)."""
+    view = memoryview(data).cast("B")
+    if bytes(view[: len(_MAGIC)]) != _MAGIC:
         raise ValueError("not a coded aggregate (bad magic)")
     start = len(_MAGIC) + 8
-    size = int.from_bytes(data[len(_MAGIC) : start], "little")
-    header = orjson.loads(data[start : start + size])
+    size = int.from_bytes(view[len(_MAGIC) : start], "little")
+    header = orjson.loads(view[start : start + size])
     offset = start + size
     parts: dict[str, object] = {}
     for name, dtype, nbytes in header["parts"]:
-        chunk = memoryview(data)[offset : offset + nbytes]
+        chunk = view[offset : offset + nbytes]
         if dtype == "parquet":
             parts[name] = pl.read_parquet(bytes(chunk)).to_series()
         else:
             parts[name] = np.frombuffer(chunk, dtype=np.dtype(dtype))
         offset += nbytes
-    if offset != len(data):
-        raise ValueError(f"coded aggregate has {len(data) - offset} trailing bytes")
+    if offset != len(view):
+        raise ValueError(f"coded aggregate has {len(view) - offset} trailing bytes")
     matrix = _csr(parts["data"], parts["indices"], parts["indptr"], header["shape"][1])
     return Coded(parts["rows"], parts["columns"], matrix)
 
@@ -244,10 +268,6 @@ def _parquet(ids: pl.Series) -> bytes:
     buffer = io.BytesIO()
     ids.rename("id").to_frame().write_parquet(buffer, compression="zstd", statistics=False)
     return buffer.getvalue()
-
-
-def _nbytes(part: bytes | np.ndarray) -> int:
-    return len(part) if isinstance(part, bytes) else int(part.nbytes)
 
 
 def _csr(values: np.ndarray, indices: np.ndarray, indptr, n_columns: int) -> sp.csr_matrix:
@@ -298,15 +318,18 @@ def _recoded(
     n_rows: int,
     n_columns: int,
     sign: int,
+    *,
+    in_place: bool = False,
 ) -> sp.csr_matrix:
-    """`sign * matrix` re-indexed over larger sorted dictionaries.
+    """`sign * matrix` re-indexed over larger sorted dictionaries (its column codes rewritten
+    in place when `in_place` and they are writeable).
 
     The maps are increasing (the new dictionaries are sorted and contain the old ones), so
     rows keep their order and each row's columns stay sorted.
     """
     indices = matrix.indices
     if column_map is not None:
-        indices = column_map.astype(indices.dtype)[indices]
+        indices = _mapped(column_map, indices, in_place)
     indptr = matrix.indptr
     if row_map is not None:
         counts = np.zeros(n_rows, dtype=np.int64)
@@ -331,8 +354,22 @@ def _tree_sum(matrices: list[sp.csr_matrix]) -> sp.csr_matrix:
     return total
 
 
-def _pruned(coded: Coded) -> Coded:
-    """Drop the ids left without an entry (a day taken out of a window leaves some)."""
+def _mapped(code_map: np.ndarray, indices: np.ndarray, in_place: bool) -> np.ndarray:
+    """`code_map[indices]` in the indices' dtype; written over them when allowed: a window
+    state's hundreds of MB of codes are not copied to change a few ids."""
+    code_map = code_map.astype(indices.dtype, copy=False)
+    if not (in_place and indices.flags.writeable):
+        return code_map[indices]
+    # Slice by slice: numpy buffers a gather into its own input as a whole second copy.
+    for start in range(0, indices.size, _SLICE):
+        part = indices[start : start + _SLICE]
+        part[...] = code_map[part]
+    return indices
+
+
+def _pruned(coded: Coded, *, in_place: bool = False) -> Coded:
+    """Drop the ids left without an entry (a day taken out of a window leaves some); with
+    `in_place`, the matrix's column codes are rewritten where they are."""
     matrix = coded.matrix
     row_kept = np.diff(matrix.indptr) > 0
     column_kept = np.zeros(coded.columns.len(), dtype=bool)
@@ -343,6 +380,6 @@ def _pruned(coded: Coded) -> Coded:
     columns = coded.columns.filter(pl.Series(column_kept))
     indices = matrix.indices
     if not column_kept.all():
-        indices = (np.cumsum(column_kept) - 1).astype(indices.dtype)[indices]
+        indices = _mapped(np.cumsum(column_kept) - 1, indices, in_place)
     indptr = np.concatenate(([0], matrix.indptr[1:][row_kept]))
     return Coded(rows, columns, _csr(matrix.data, indices, indptr, columns.len()))

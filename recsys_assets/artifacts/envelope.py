@@ -20,7 +20,7 @@ import decimal
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ _MAX_SAFE_INT = 2**53 - 1
 _FLOAT_TO_FIX = re.compile(rb"-?[0-9]+(?:\.0(?=[,\]}])|(?:\.[0-9]+)?e[-+][0-9]+(?=[,\]}]))")
 _DELIMITERS = np.frombuffer(b",]}", dtype=np.uint8)
 _LONGEST_FLOAT = 32
+_SCAN_SLICE = 1 << 24
 
 
 def round_scores(values: Any) -> np.ndarray:
@@ -169,10 +170,60 @@ def is_disabled_marker(document: Mapping[str, Any]) -> bool:
     return document.get("enabled") is False
 
 
+class EncodedList(Sequence):
+    """A long JSON array already written in JCS form, embedded verbatim in a document's bytes.
+
+    Building millions of dicts only to serialize them costs more than the rest of an artifact
+    (a window's session_seq users), so a payload may hold such a list as bytes instead: objects
+    with sorted keys, strings as orjson writes them, integers only (no float to correct). The
+    blob then carries the same bytes, so its objects in this list have their keys sorted.
+    Reading it (len, indexing, iteration, ==) parses it once.
+    """
+
+    def __init__(self, data: bytes, length: int) -> None:
+        self.data = data
+        self._length = length
+        self._items: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.items()[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncodedList):
+            return self.data == other.data
+        return isinstance(other, list) and self.items() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EncodedList({self._length} items, {len(self.data):,} bytes)"
+
+    def items(self) -> list[Any]:
+        if self._items is None:
+            self._items = orjson.loads(self.data)
+        return self._items
+
+
+def _embedded(value: Any) -> orjson.Fragment:
+    if isinstance(value, EncodedList):
+        return orjson.Fragment(value.data)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def canonical_bytes(document: Any) -> bytes:
     """RFC 8785 (JCS) serialization of `document` (see the module docstring for its limits)."""
     try:
-        text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+        text = orjson.dumps(
+            document,
+            default=_embedded,
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER,
+        )
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"document has no JCS form: {exc}") from exc
     return _jcs_numbers(text)
@@ -187,7 +238,7 @@ def version_of(document: Mapping[str, Any]) -> str:
 def serialize(document: Mapping[str, Any]) -> bytes:
     """The blob bytes: compact JSON in the document's own field order, numbers as JCS writes."""
     try:
-        text = orjson.dumps(document, option=orjson.OPT_STRICT_INTEGER)
+        text = orjson.dumps(document, default=_embedded, option=orjson.OPT_STRICT_INTEGER)
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"document cannot be serialized: {exc}") from exc
     return _jcs_numbers(text)
@@ -272,15 +323,22 @@ def _jcs_numbers(text: bytes) -> bytes:
 def _suspects(text: bytes) -> np.ndarray:
     """Sorted positions of `e-`, `e+` and of `.0` before a delimiter: where such floats are.
 
-    A vectorized scan: several times faster than a regular expression over big documents.
+    A vectorized scan, several times faster than a regular expression over big documents,
+    made slice by slice: masks of a whole 100 MB artifact would cost more than the scan.
     """
     chars = np.frombuffer(text, dtype=np.uint8)
-    exponent = np.flatnonzero(chars[:-1] == ord("e"))
-    following = chars[exponent + 1]
-    exponent = exponent[(following == ord("-")) | (following == ord("+"))]
-    point = np.flatnonzero(chars[:-2] == ord("."))
-    point = point[(chars[point + 1] == ord("0")) & np.isin(chars[point + 2], _DELIMITERS)]
-    return np.union1d(exponent, point)
+    found = []
+    for start in range(0, chars.size, _SCAN_SLICE):
+        window = chars[start : start + _SCAN_SLICE + 2]  # two bytes of look-ahead
+        exponent = np.flatnonzero(window[:-1] == ord("e"))
+        exponent = exponent[exponent < _SCAN_SLICE]
+        following = window[exponent + 1]
+        exponent = exponent[(following == ord("-")) | (following == ord("+"))]
+        point = np.flatnonzero(window[:-2] == ord("."))
+        point = point[point < _SCAN_SLICE]
+        point = point[(window[point + 1] == ord("0")) & np.isin(window[point + 2], _DELIMITERS)]
+        found += [exponent + start, point + start]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 def _outside_strings(text: bytes, spans: list[tuple[int, int]]) -> list[bool]:

@@ -12,7 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
+
+from recsys_assets.artifacts.envelope import EncodedList
 
 
 def check_cap(name: str, value: object) -> None:
@@ -47,18 +50,18 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
     """
     if row.size == 0:
         return np.zeros(0, dtype=np.int64)
-    candidates = np.arange(row.size)
+    candidates = None
     if row.size > 4 * k * np.count_nonzero(np.bincount(row - row.min())):
         # Long rows: first keep what reaches each row's k-th largest value.
         candidates = np.flatnonzero(value >= _kth_largest(row, value, k))
-    row, value, tie = row[candidates], value[candidates], tie[candidates]
-    order = _row_value_tie_order(
-        row.astype(np.int64), _descending_rank(value), tie.astype(np.int64)
-    )
-    ordered_rows = row[order]
-    first = np.flatnonzero(np.r_[True, ordered_rows[1:] != ordered_rows[:-1]])
-    rank = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first, order.size]))
-    return candidates[order[rank < k]]
+        row, value, tie = row[candidates], value[candidates], tie[candidates]
+    order = _row_value_tie_order(row, _descending_rank(value), tie)
+    # Sorted by row first: each row's run starts where the counts of the rows before end.
+    base = int(row.min())
+    counts = np.bincount(row - base if base else row)
+    starts = np.cumsum(counts) - counts
+    kept = order[np.arange(order.size) < np.repeat(starts + k, counts)]
+    return kept if candidates is None else candidates[kept]
 
 
 def _kth_largest(row: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
@@ -97,11 +100,26 @@ def _descending_rank(value: np.ndarray) -> np.ndarray:
 
 
 def _row_value_tie_order(row: np.ndarray, rank: np.ndarray, tie: np.ndarray) -> np.ndarray:
-    row, tie = row - row.min(), tie - tie.min()
-    widths = [int(part.max()).bit_length() for part in (row, rank, tie)]
+    """The order by row, rank, tie; `rank` (fresh from `_descending_rank`) is overwritten.
+
+    The three are packed into one int64 key, built in place: temporaries of millions of
+    entries cost more than the arithmetic.
+    """
+    row_base, tie_base = int(row.min()), int(tie.min())
+    widths = [
+        (int(row.max()) - row_base).bit_length(),
+        int(rank.max()).bit_length(),
+        (int(tie.max()) - tie_base).bit_length(),
+    ]
     if sum(widths) > 63:
         return np.lexsort((tie, rank, row))
-    key = (row << (widths[1] + widths[2])) | (rank << widths[2]) | tie
+    key = row.astype(np.int64)
+    key -= row_base
+    key <<= widths[1] + widths[2]
+    rank <<= widths[2]
+    key |= rank
+    key += tie  # the low bits are zero: adding is or-ing
+    key -= tie_base
     return np.argsort(key, kind="stable")
 
 
@@ -137,6 +155,81 @@ def nest(
             rows.append({row_key: group, list_key: entries[start : start + length]})
             start += length
     return rows
+
+
+def nest_json(
+    rows: pl.Series,
+    row: np.ndarray,
+    items: pl.Series,
+    item: np.ndarray,
+    values: np.ndarray,
+    *,
+    row_key: str,
+    list_key: str,
+    value_key: str,
+) -> EncodedList:
+    """`nest` for integer values, written straight to JCS bytes (see `EncodedList`).
+
+    Entry i is (rows[row[i]], items[item[i]], values[i]); `row` is non-decreasing and every
+    position of `rows` has an entry. Each entry's text carries what comes before it (its row's
+    opening, for a row's first entry) and after it (`,`, or its row's closing), so the array
+    is one join of one string column: no dict per entry, no intermediate text per row.
+    """
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"nest_json writes integer values, got {values.dtype}")
+    if row.size == 0:
+        return EncodedList(b"[]", 0)
+    if np.abs(values).max() > 2**53 - 1:
+        raise ValueError("values beyond 2**53 - 1 have no exact JSON form (RFC 8785)")
+    first = np.r_[True, row[1:] != row[:-1]]
+    if np.count_nonzero(first) != rows.len():
+        raise ValueError(f"{rows.len()} rows but entries for {np.count_nonzero(first)}")
+    # A row is `{"user_id":"u","items":[` entries `]}`, members in JCS order; the array's
+    # `[` opens the first row and its `]` closes the last.
+    ids = json_strings(rows)
+    key, list_name = orjson.dumps(row_key).decode(), orjson.dumps(list_key).decode()
+    same = pl.Series([""] * rows.len())
+    if list_key < row_key:
+        openings, closings = same + f"{{{list_name}:[", f"],{key}:" + ids + "}"
+    else:
+        openings, closings = f"{{{key}:" + ids + f",{list_name}:[", same + "]}"
+    openings = pl.concat([pl.Series(["["]), same.slice(1)]) + openings
+    closings = closings + pl.Series([","] * (rows.len() - 1) + ["]"])
+    frame = pl.DataFrame(
+        {
+            "item": json_strings(items).gather(item),
+            "value": values,
+            "row": np.cumsum(first) - 1,
+            "first": first,
+            "last": np.r_[first[1:], True],
+        }
+    )
+    # One concatenation of all the pieces: each intermediate column would be a copy.
+    text = pl.concat_str(
+        [
+            pl.lit(openings).gather(pl.when(pl.col("first")).then(pl.col("row"))),
+            *_object_parts({"item_id": pl.col("item"), value_key: pl.col("value").cast(pl.String)}),
+            pl.lit(closings).gather(pl.when(pl.col("last")).then(pl.col("row"))).fill_null(","),
+        ],
+        ignore_nulls=True,
+    )
+    # Straight to bytes: a Python str of it would be one more copy of a big artifact.
+    return EncodedList(frame.select(text.str.join("").cast(pl.Binary)).item(), rows.len())
+
+
+def json_strings(ids: pl.Series) -> pl.Series:
+    """Each string as its JSON literal, quoted and escaped as orjson (and JCS) write it."""
+    return pl.Series([orjson.dumps(value).decode() for value in ids.to_list()], dtype=pl.String)
+
+
+def _object_parts(members: dict[str, pl.Expr]) -> list[pl.Expr]:
+    """The pieces of a JSON object's text from its members' JSON texts, keys sorted as JCS
+    sorts them; `pl.concat_str` of them is the object."""
+    parts: list[pl.Expr] = []
+    for position, key in enumerate(sorted(members)):
+        opening = "{" if position == 0 else ","
+        parts += [pl.lit(f"{opening}{orjson.dumps(key).decode()}:"), members[key]]
+    return [*parts, pl.lit("}")]
 
 
 @contextmanager

@@ -21,8 +21,15 @@ import polars as pl
 
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
 from recsys_assets.artifacts.coded import Coded
-from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, ids_at, most_active, nest, top_k_per_row
+from recsys_assets.artifacts.envelope import EncodedList, json_scores, round_scores
+from recsys_assets.artifacts.ranking import (
+    check_cap,
+    ids_at,
+    most_active,
+    nest,
+    nest_json,
+    top_k_per_row,
+)
 
 
 def session_seq_payload(
@@ -66,7 +73,7 @@ def session_seq_payload(
 
 def _users(
     user_transitions: Coded, user_item_counts: Coded, cap: int, per_user: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[EncodedList, dict[str, int]]:
     activity = pl.DataFrame(
         {"user_id": user_item_counts.rows, "activity": user_item_counts.row_sums()}
     )
@@ -80,10 +87,13 @@ def _users(
     kept = most_active(scored, key="code", activity="activity", k=cap)["code"].to_numpy()
     user, item, count = _rows(user_transitions, kept)
     top = top_k_per_row(user, count, item, per_user)
-    nested = nest(
-        user_transitions.rows.gather(kept[user[top]]),
-        ids_at(user_transitions.columns, item[top]),
-        count[top].tolist(),
+    # Every kept user has a scored item, so each position of `kept` has a row.
+    nested = nest_json(
+        user_transitions.rows.gather(kept),
+        user[top],
+        user_transitions.columns,
+        item[top],
+        count[top],
         row_key="user_id",
         list_key="items",
         value_key="score",

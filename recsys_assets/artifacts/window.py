@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,7 +33,7 @@ from recsys_assets.artifacts.aggregates import (
     daily_aggregates,
     merge_aggregates,
 )
-from recsys_assets.artifacts.coded import Coded, combine, raw_bytes, read_raw
+from recsys_assets.artifacts.coded import Coded, combine, raw_chunks, read_raw
 from recsys_assets.config import AppConfig, TenantSurface
 from recsys_assets.events.canonical import Partition, sha256_hex
 from recsys_assets.events.store import AGGREGATES_FORMAT, CanonicalStore, PartitionNotReady
@@ -187,7 +187,7 @@ class _WindowStates:
             else:
                 if not add and not remove and last == day:
                     return coded, "reused"
-                summed = combine(terms, self.kind)
+                summed = combine(terms, self.kind, reuse_first=True)
                 self._write(day, wanted, summed)
                 return summed, f"updated (+{len(add)} -{len(remove)} days)"
             break
@@ -211,7 +211,7 @@ class _WindowStates:
         marker = orjson.loads(raw)
         if marker.get("v") != STATE_FORMAT or marker.get("params") != self.params:
             return None
-        data = store.read_bytes(f"{self.folder}/{last.isoformat()}.bin")
+        data = store.read_buffer(f"{self.folder}/{last.isoformat()}.bin")
         if data is None or sha256_hex(data) != marker["content_hash"]:
             return None
         return marker["days"], read_raw(data)
@@ -230,8 +230,14 @@ class _WindowStates:
         )
         if held and held[-1] > day.isoformat():
             return
-        data = raw_bytes(coded)
-        store.write_bytes(f"{self.folder}/{day.isoformat()}.bin", data)
+        digest = hashlib.sha256()
+
+        def hashed(parts: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+            for part in parts:
+                digest.update(part)
+                yield part
+
+        store.write_parts(f"{self.folder}/{day.isoformat()}.bin", hashed(raw_chunks(coded)))
         marker = {
             "v": STATE_FORMAT,
             "kind": self.kind,
@@ -240,7 +246,7 @@ class _WindowStates:
             "params": self.params,
             "days": days,
             "entries": coded.nnz,
-            "content_hash": sha256_hex(data),
+            "content_hash": digest.hexdigest(),
         }
         store.write_bytes(
             f"{self.folder}/{day.isoformat()}.json",
