@@ -120,7 +120,10 @@ def build(artifact_type: str, frames: dict[str, pl.DataFrame], day: dt.date, day
         payload, _ = cooc_payload(frames["cooc_pairs"], frames["cooc_stats"], frames["item_counts"])
     elif artifact_type == "session_seq":
         payload, _ = session_seq_payload(
-            frames["user_transitions"], frames["user_item_counts"], frames["item_transitions"]
+            frames["user_transitions"],
+            # A window hands session_seq the users' totals only (see artifacts.window).
+            frames["user_activity"] if "user_activity" in frames else frames["user_item_counts"],
+            frames["item_transitions"],
         )
     else:
         raise ValueError(artifact_type)
@@ -193,21 +196,31 @@ def window(events_per_day: int, days: int, results: list, implicit: bool = True)
             started = time.perf_counter()
             stats[artifact_type] = build(artifact_type, data.frames, today.day, window_days)
             stats[f"s {artifact_type}"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        data.wait_saved()  # window states are written while the artifacts are built
+        stats["s wait for states"] = round(time.perf_counter() - started, 2)
         return data.frames
 
     with stage("1-day: aggregate + popularity, cooc, session_seq", results) as s:
         next_day(1, s.extra)
     yesterday = today.day - dt.timedelta(days=1)
     with stage(f"{days}-day window of the day before, cold (sums {days} days)", results) as s:
-        data = load_window(aggregates, config, entry, yesterday, days, kinds)
+        # implicit's step keeps a state of user_item_counts, as it would have yesterday.
+        cold_kinds = [*kinds, "user_item_counts"] if implicit else kinds
+        data = load_window(aggregates, config, entry, yesterday, days, cold_kinds)
+        data.wait_saved()
         s.extra |= {f"merge {kind}": how for kind, how in data.merge.items()}
     del data
     with stage(f"{days}-day window, next day: aggregate + merge + build", results) as s:
         merged = next_day(days, s.extra)
     if not implicit:
         return
-    with stage(f"{days}-day window: implicit", results) as s:
-        payload, stats = implicit_payload(merged["user_item_counts"])
+    del merged
+    with stage(f"{days}-day window: implicit (its own merge)", results) as s:
+        data = load_window(aggregates, config, entry, today.day, days, ["user_item_counts"])
+        s.extra["merge"] = data.merge["user_item_counts"]
+        payload, stats = implicit_payload(data.frames["user_item_counts"])
+        data.wait_saved()
         s.extra["users"] = stats["users_written"]
 
 

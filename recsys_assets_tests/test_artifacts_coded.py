@@ -125,3 +125,24 @@ def test_bytes_that_are_not_a_coded_aggregate_are_refused():
     pl.DataFrame({"item_id": ["A"]}).write_parquet(buffer)
     with pytest.raises(ValueError, match="not a coded aggregate: columns"):
         read_parquet(buffer.getvalue())
+
+
+@pytest.mark.parametrize("big", [1000, 2**31 - 6, 2**31 + 7, 2**40])
+def test_a_state_read_back_sums_exactly_whatever_its_values(big):
+    """A state is held as int32 when its values fit; a sum that could leave int32 is int64."""
+    state = read_raw(raw_bytes(as_coded(KIND, day({("u1", "A"): big, ("u2", "A"): 3}))))
+    assert state.matrix.data.dtype == (np.int32 if big < 2**31 else np.int64)
+    more = as_coded(KIND, day({("u1", "A"): 10, ("u3", "C"): 1}))
+    summed = combine([(state, 1), (more, 1)], KIND, reuse_first=True)
+    assert as_frame(KIND, summed).rows() == [("u1", "A", big + 10), ("u2", "A", 3), ("u3", "C", 1)]
+    assert summed.row_sums().tolist() == [big + 10, 3, 1]
+    slid = combine([(read_raw(raw_bytes(summed)), 1), (more, -1)], KIND, reuse_first=True)
+    assert as_frame(KIND, slid).rows() == [("u1", "A", big), ("u2", "A", 3)]
+
+
+@pytest.mark.parametrize("ids", [["b", "a"], ["a", "a"]])
+def test_a_dictionary_that_is_not_sorted_and_unique_is_refused(ids):
+    good = as_coded(KIND, day({("a", "A"): 1, ("c", "A"): 1}))
+    bad = Coded(pl.Series(ids), good.columns, good.matrix)
+    with pytest.raises(ValueError, match="user_item_counts: id dictionaries must be sorted"):
+        combine([(good, 1), (bad, 1)], KIND)

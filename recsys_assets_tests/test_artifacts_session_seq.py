@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from recsys_assets.artifacts.aggregates import EVENTS_SCHEMA, daily_aggregates, merge_aggregates
+from recsys_assets.artifacts.aggregates import (
+    EVENTS_SCHEMA,
+    as_coded,
+    daily_aggregates,
+    merge_aggregates,
+)
 from recsys_assets.artifacts.session_seq import session_seq_payload
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -25,7 +30,7 @@ ROWS = [
 ]
 
 
-def payload(rows=ROWS, window=3, **caps):
+def daily(rows=ROWS, window=3):
     frame = pl.DataFrame(
         {
             "ts": [DAY + timedelta(minutes=row[0]) for row in rows],
@@ -39,7 +44,11 @@ def payload(rows=ROWS, window=3, **caps):
         },
         schema=EVENTS_SCHEMA,
     )
-    aggregates = daily_aggregates(frame, transition_window=window)
+    return daily_aggregates(frame, transition_window=window)
+
+
+def payload(rows=ROWS, window=3, **caps):
+    aggregates = daily(rows, window)
     return session_seq_payload(
         aggregates["user_transitions"],
         aggregates["user_item_counts"],
@@ -111,3 +120,18 @@ def test_no_events_give_empty_lists_and_bad_caps_are_refused():
     assert stats["users"] == 0
     with pytest.raises(ValueError, match="artifacts.session_seq.max_users must be an integer >= 1"):
         payload(max_users=0)
+
+
+def test_users_totals_alone_rank_the_users_as_the_whole_counts_do():
+    """A window hands session_seq only each user's total exposures (`user_activity`)."""
+    rows = [*ROWS, (40, "s5", "C", "u2"), (41, "s5", "B", "u2"), (42, "s5", "D", "u3")]
+    for cap in (1, 2, 3):
+        whole, _ = payload(rows, max_users=cap)
+        aggregates = daily(rows)
+        totals, _ = session_seq_payload(
+            aggregates["user_transitions"],
+            as_coded("user_item_counts", aggregates["user_item_counts"]).totals(),
+            aggregates["item_transitions"],
+            max_users=cap,
+        )
+        assert totals == whole

@@ -23,6 +23,9 @@ from recsys_assets.events.store import CanonicalStore
 
 DAY0 = dt.date(2026, 1, 1)
 WINDOW = 3
+# Every daily kind, and the users' totals derived from user_item_counts.
+KINDS = [*AGGREGATE_KINDS, "user_activity"]
+STATE_KINDS = [*PAIR_KINDS, "user_activity"]
 
 
 def day_events(offset: int, salt: int = 0) -> pl.DataFrame:
@@ -59,7 +62,9 @@ def setup(make_config, tmp_path):
 
     def window(offset: int):
         day = DAY0 + dt.timedelta(days=offset)
-        return load_window(store, config, entry, day, WINDOW, list(AGGREGATE_KINDS))
+        data = load_window(store, config, entry, day, WINDOW, KINDS)
+        data.wait_saved()
+        return data
 
     def fresh(offset: int):
         """The same window summed from the days alone, in a copy without states."""
@@ -68,7 +73,7 @@ def setup(make_config, tmp_path):
         shutil.copytree(config.out_dir, copy, ignore=shutil.ignore_patterns("windows"))
         day = DAY0 + dt.timedelta(days=offset)
         copied = CanonicalStore(location=str(copy))
-        data = load_window(copied, config, entry, day, WINDOW, list(AGGREGATE_KINDS))
+        data = load_window(copied, config, entry, day, WINDOW, KINDS)
         assert set(data.merge.values()) == {"summed"}
         return data
 
@@ -76,7 +81,16 @@ def setup(make_config, tmp_path):
 
 
 def frames(data) -> dict[str, list]:
-    return {kind: as_frame(kind, data.frames[kind]).rows() for kind in AGGREGATE_KINDS}
+    rows = {kind: as_frame(kind, data.frames[kind]).rows() for kind in AGGREGATE_KINDS}
+    activity = data.frames["user_activity"]
+    counts = activity.matrix.toarray()[:, 0].tolist()
+    rows["user_activity"] = list(zip(activity.rows, counts, strict=True))
+    # The derived totals are those of the window's user_item_counts.
+    totals: dict[str, int] = {}
+    for user, _, count in rows["user_item_counts"]:
+        totals[user] = totals.get(user, 0) + count
+    assert rows["user_activity"] == sorted(totals.items())
+    return rows
 
 
 def test_the_next_day_updates_yesterdays_window(setup):
@@ -86,7 +100,7 @@ def test_the_next_day_updates_yesterdays_window(setup):
     first = window(3)
     assert set(first.merge.values()) == {"summed"}
     following = window(4)
-    assert following.merge == {kind: "updated (+1 -1 days)" for kind in PAIR_KINDS}
+    assert following.merge == {kind: "updated (+1 -1 days)" for kind in STATE_KINDS}
     assert frames(following) == frames(fresh(4))
     assert following.source_hash == fresh(4).source_hash
     again = window(4)
@@ -101,7 +115,7 @@ def test_a_late_day_is_added_and_a_rewritten_one_is_summed_afresh(setup):
     assert window(3).days_missing == [DAY0 + dt.timedelta(days=2)]
     aggregate(2)  # arrives late
     late = window(3)
-    assert late.merge == {kind: "updated (+1 -0 days)" for kind in PAIR_KINDS}
+    assert late.merge == {kind: "updated (+1 -0 days)" for kind in STATE_KINDS}
     assert frames(late) == frames(fresh(3))
     aggregate(2, salt=3)  # re-aggregated: the version the state summed is gone
     rewritten = window(3)
@@ -130,7 +144,7 @@ def test_states_older_than_yesterday_are_deleted(setup):
     for offset in (2, 3, 4, 5):
         window(offset)
     folders = [folder for folder in states.glob("*/*") if folder.is_dir()]
-    assert len(folders) == len(PAIR_KINDS)
+    assert len(folders) == len(STATE_KINDS)
     for folder in folders:
         assert sorted(p.name for p in folder.iterdir()) == [
             "2026-01-05.bin",

@@ -85,7 +85,7 @@ def _session_seq(window: WindowData, config: AppConfig, entry, settings) -> tupl
     limits = config.limits
     return session_seq_payload(
         window.frames["user_transitions"],
-        window.frames["user_item_counts"],
+        window.frames["user_activity"],  # user_item_counts' row totals: all it reads of it
         window.frames["item_transitions"],
         max_users=settings.max_users,
         max_items_per_user=limits.max_items_per_user,
@@ -128,7 +128,7 @@ SPECS: dict[str, ArtifactSpec] = {
     ),
     "session_seq": ArtifactSpec(
         "session_seq",
-        ("user_transitions", "user_item_counts", "item_transitions"),
+        ("user_transitions", "user_activity", "item_transitions"),
         _session_seq,
         "Next-item scores per user and 1/gap item transitions within sessions.",
     ),
@@ -274,6 +274,7 @@ def artifact_asset(
             _now(),
         )
         staged = artifact_store.stage(window, document)
+        data.wait_saved()
         seconds = time.perf_counter() - started
         context.log.info(
             f"{spec.artifact_type} for {partition}: version {staged.version[:12]} "

@@ -8,9 +8,10 @@ the payload builders work on codes, going back to strings only for what they wri
 
 Canonical form, so that equal content is equal data whatever the order of the sums: the
 dictionaries are exactly the ids with an entry, sorted by code point; the matrix has sorted
-indices, no duplicates and no zeros. Values are int64 and sums exact, so a window updated
-incrementally (yesterday's window + today - the day that left it) is identical to one summed
-from scratch.
+indices, no duplicates and no zeros. Values are int64, or int32 in window states and their
+sums when every value and every sum fits (half the memory of a state of tens of millions of
+entries); sums are exact, so a window updated incrementally (yesterday's window + today - the
+day that left it) is identical to one summed from scratch.
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ class Coded:
         """Sum of each row's values (every row has an entry in canonical form)."""
         if not self.nnz:
             return np.zeros(self.rows.len(), dtype=np.int64)
-        return np.add.reduceat(self.matrix.data, self.matrix.indptr[:-1])
+        return np.add.reduceat(self.matrix.data, self.matrix.indptr[:-1], dtype=np.int64)
+
+    def totals(self) -> Coded:
+        """Each row's sum, as one column (id ""): what a ranking of rows by volume needs."""
+        if not self.nnz:
+            return empty_coded()
+        size = self.rows.len()
+        matrix = _csr(self.row_sums(), np.zeros(size, np.int32), np.arange(size + 1), 1)
+        return Coded(self.rows, pl.Series([""], dtype=pl.String), matrix)
 
     def where(self, keep: np.ndarray) -> Coded:
         """Only the entries where `keep` (a mask over the stored entries) holds."""
@@ -123,6 +132,7 @@ def combine(
         return present[0][0]
     rows, row_maps = _union([coded.rows for coded, _ in present], what)
     columns, column_maps = _union([coded.columns for coded, _ in present], what)
+    dtype = _sum_dtype([coded.matrix.data for coded, _ in present])
     matrices = [
         _recoded(
             coded.matrix,
@@ -131,6 +141,7 @@ def combine(
             rows.len(),
             columns.len(),
             sign,
+            dtype,
             in_place=reuse_first and coded is terms[0][0],
         )
         for (coded, sign), row_map, column_map in zip(present, row_maps, column_maps, strict=True)
@@ -253,7 +264,14 @@ def read_raw(data: Buffer) -> Coded:
         offset += nbytes
     if offset != len(view):
         raise ValueError(f"coded aggregate has {len(view) - offset} trailing bytes")
-    matrix = _csr(parts["data"], parts["indices"], parts["indptr"], header["shape"][1])
+    data = parts["data"]
+    fits = data.dtype.itemsize <= 2 or (data.dtype.kind == "u" and int(data.max(initial=0)) < 2**31)
+    matrix = _csr(
+        data.astype(np.int32 if fits else np.int64, copy=False),
+        parts["indices"],
+        parts["indptr"],
+        header["shape"][1],
+    )
     return Coded(parts["rows"], parts["columns"], matrix)
 
 
@@ -275,9 +293,11 @@ def _csr(values: np.ndarray, indices: np.ndarray, indptr, n_columns: int) -> sp.
     # scipy keeps int32 indices while they fit; giving it anything else costs a copy.
     fits = int(indptr[-1]) < 2**31 and n_columns < 2**31
     index_dtype = np.int32 if fits else np.int64
+    # int32 values stay int32 (see the module doc); anything else is int64.
+    values = values if values.dtype == np.int32 else values.astype(np.int64, copy=False)
     matrix = sp.csr_matrix(
         (
-            values.astype(np.int64, copy=False),
+            values,
             indices.astype(index_dtype, copy=False),
             indptr.astype(index_dtype, copy=False),
         ),
@@ -292,22 +312,27 @@ def _csr(values: np.ndarray, indices: np.ndarray, indptr, n_columns: int) -> sp.
 def _union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[np.ndarray | None]]:
     """The sorted union of sorted id dictionaries, and each one's old-to-new code map.
 
-    Merging sorted runs and binary searches: hashing a million user ids per term would cost
-    more than the sums. A map is None where the dictionary is already the union.
+    One merge of the sorted runs, each id tagged with its dictionary: an id's new code counts
+    the distinct ids up to it, and a dictionary's map is the codes of its own ids, in order.
+    No hashing and no searching: that would cost more than the sums for a million user ids.
+    A map is None where the dictionary is already the union.
     """
-    merged = dictionaries[0].rename("id").to_frame()
-    for dictionary in dictionaries[1:]:
-        merged = merged.merge_sorted(dictionary.rename("id").to_frame(), key="id")
-    union = merged.filter(pl.col("id").ne_missing(pl.col("id").shift(1)))["id"]
-    maps: list[np.ndarray | None] = []
-    for dictionary in dictionaries:
-        if dictionary.len() == union.len():
-            maps.append(None)
-            continue
-        found = union.search_sorted(dictionary).to_numpy().astype(np.int64)
-        if not union.gather(found).equals(dictionary, check_names=False):
-            raise ValueError(f"{what}: id dictionaries must be sorted and unique")
-        maps.append(found)
+    merged = None
+    for source, dictionary in enumerate(dictionaries):
+        frame = dictionary.rename("id").to_frame().with_columns(source=pl.lit(source, pl.UInt16))
+        merged = frame if merged is None else merged.merge_sorted(frame, key="id")
+    ids, source = merged["id"], merged["source"]
+    previous = ids.shift(1)
+    new = ids.ne_missing(previous)
+    repeated = ~new & source.eq(source.shift(1))
+    if not ids.ge(previous).fill_null(True).all() or repeated.any():
+        raise ValueError(f"{what}: id dictionaries must be sorted and unique")
+    code = new.cast(pl.Int64).cum_sum() - 1
+    union = ids.filter(new)
+    maps = [
+        None if dictionary.len() == union.len() else code.filter(source.eq(index)).to_numpy()
+        for index, dictionary in enumerate(dictionaries)
+    ]
     return union.rename(""), maps
 
 
@@ -318,6 +343,7 @@ def _recoded(
     n_rows: int,
     n_columns: int,
     sign: int,
+    dtype: type = np.int64,
     *,
     in_place: bool = False,
 ) -> sp.csr_matrix:
@@ -335,8 +361,18 @@ def _recoded(
         counts = np.zeros(n_rows, dtype=np.int64)
         counts[row_map] = np.diff(indptr)
         indptr = np.concatenate(([0], np.cumsum(counts)))
-    data = matrix.data if sign == 1 else matrix.data * sign
+    data = matrix.data.astype(dtype, copy=False)
+    data = data if sign == 1 else data * sign
     return _csr(data, indices, indptr, n_columns)
+
+
+def _sum_dtype(values: list[np.ndarray]) -> type:
+    """int32 for a sum of terms of which one is int32 (a window state) when no partial sum
+    can leave int32: the absolute maxima add up to less than 2**31. int64 otherwise."""
+    if not any(part.dtype == np.int32 for part in values):
+        return np.int64
+    bound = sum(max(int(part.max()), -int(part.min())) for part in values if part.size)
+    return np.int32 if bound < 2**31 else np.int64
 
 
 def _tree_sum(matrices: list[sp.csr_matrix]) -> sp.csr_matrix:

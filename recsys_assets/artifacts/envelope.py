@@ -210,38 +210,54 @@ class EncodedList(Sequence):
         return self._items
 
 
-def _embedded(value: Any) -> orjson.Fragment:
-    if isinstance(value, EncodedList):
-        return orjson.Fragment(value.data)
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
-
-
 def canonical_bytes(document: Any) -> bytes:
     """RFC 8785 (JCS) serialization of `document` (see the module docstring for its limits)."""
-    try:
-        text = orjson.dumps(
-            document,
-            default=_embedded,
-            option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER,
-        )
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(f"document has no JCS form: {exc}") from exc
-    return _jcs_numbers(text)
+    return b"".join(_pieces(document, sort_keys=True))
 
 
 def version_of(document: Mapping[str, Any]) -> str:
     """SHA-256 hex of the JCS bytes of `document` without its `build` member."""
     unbuilt = {key: value for key, value in document.items() if key != "build"}
-    return hashlib.sha256(canonical_bytes(unbuilt)).hexdigest()
+    digest = hashlib.sha256()
+    for piece in _pieces(unbuilt, sort_keys=True):
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 def serialize(document: Mapping[str, Any]) -> bytes:
     """The blob bytes: compact JSON in the document's own field order, numbers as JCS writes."""
+    return b"".join(_pieces(document, sort_keys=False))
+
+
+# Where an EncodedList goes: NUL never appears in orjson's output (strings escape it).
+_SLOT = b"\x00"
+
+
+def _pieces(document: Any, *, sort_keys: bool) -> list[bytes]:
+    """The document's bytes in pieces: the embedded `EncodedList`s as they are, the text
+    around them written by orjson with floats corrected; the lists are neither copied nor
+    scanned for floats (they hold none)."""
+    embedded: list[bytes] = []
+
+    def slot(value: Any) -> orjson.Fragment:
+        if isinstance(value, EncodedList):
+            embedded.append(value.data)
+            return orjson.Fragment(_SLOT)
+        raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+    option = orjson.OPT_STRICT_INTEGER | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
-        text = orjson.dumps(document, default=_embedded, option=orjson.OPT_STRICT_INTEGER)
+        text = _jcs_numbers(orjson.dumps(document, default=slot, option=option))
     except orjson.JSONEncodeError as exc:
-        raise ValueError(f"document cannot be serialized: {exc}") from exc
-    return _jcs_numbers(text)
+        what = "has no JCS form" if sort_keys else "cannot be serialized"
+        raise ValueError(f"document {what}: {exc}") from exc
+    if not embedded:
+        return [text]
+    around = text.split(_SLOT)
+    pieces = [around[0]]
+    for data, after in zip(embedded, around[1:], strict=True):
+        pieces += [data, after]
+    return pieces
 
 
 def verify_blob(blob: bytes) -> tuple[bool, str | None, list[str]]:

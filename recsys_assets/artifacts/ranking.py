@@ -213,8 +213,10 @@ def nest_json(
         ],
         ignore_nulls=True,
     )
-    # Straight to bytes: a Python str of it would be one more copy of a big artifact.
-    return EncodedList(frame.select(text.str.join("").cast(pl.Binary)).item(), rows.len())
+    joined = frame.select(text.str.join("")).to_series()
+    # Straight to bytes: a Python str of it would be one more copy of a big artifact (and a
+    # cast inside the select costs several).
+    return EncodedList(joined.cast(pl.Binary).item(), rows.len())
 
 
 def json_strings(ids: pl.Series) -> pl.Series:

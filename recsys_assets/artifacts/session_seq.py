@@ -44,6 +44,9 @@ def session_seq_payload(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """`{"users": [...], "transitions": [...]}` from merged aggregates (coded or frames).
 
+    Of user_item_counts only each user's total is read (who is most active), so its row
+    totals (`Coded.totals`, the window's `user_activity`) serve as well as the whole.
+
     users: `[{"user_id", "items": [{"item_id", "score"}]}]` sorted by user id, at most
     max_users (artifacts.session_seq.max_users), each with at most max_items_per_user items
     by score descending, then id. transitions: `[{"item_id", "items": [{"item_id",

@@ -14,14 +14,22 @@ every day afresh otherwise. Sums are exact integers in canonical form (see `code
 result is identical either way; the state is only a cache, checked by hash before use, and
 the states more than a day older than the newest written are deleted; an earlier day
 re-run after a later one writes no state.
+
+A state is read mapped (not copied) and written in the background while the caller builds
+its artifact (`WindowData.wait_saved`), without a disk flush: a damaged or missing state
+only costs a sum afresh. `user_activity`, each user's total exposures (the row totals of
+user_item_counts), is a state of its own: all session_seq reads of user_item_counts, for a
+fraction of the cost of the whole matrix's state (which implicit keeps).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
@@ -30,6 +38,7 @@ import polars as pl
 from recsys_assets.artifacts.aggregates import (
     PAIR_KINDS,
     Aggregate,
+    as_coded,
     daily_aggregates,
     merge_aggregates,
 )
@@ -39,6 +48,10 @@ from recsys_assets.events.canonical import Partition, sha256_hex
 from recsys_assets.events.store import AGGREGATES_FORMAT, CanonicalStore, PartitionNotReady
 
 STATE_FORMAT = 1
+# Window sums derived from a pair kind, kept as states of their own (kind -> source kind):
+# session_seq ranks users by their exposures, the row totals of user_item_counts, and a state
+# of ~1M totals is updated for a small part of the cost of the ~17M-entry matrix's.
+DERIVED_KINDS = {"user_activity": "user_item_counts"}
 # Beyond this many days to add or take out, summing the window afresh is as cheap.
 _MAX_STATE_CHANGES = 4
 
@@ -62,6 +75,18 @@ class WindowData:
     source_hash: str
     # pair kind -> how its sum was obtained: reused, updated (+a -b days) or summed
     merge: dict[str, str] = field(default_factory=dict)
+    # Window states being written behind the caller (see `wait_saved`).
+    saving: tuple[Future, ...] = ()
+
+    def wait_saved(self) -> None:
+        """Wait until the window states of this load are written; raises a write's error.
+
+        They are written in the background, while the caller builds from the sums, since
+        writing a 28-day state is a good part of a day's merge. Call it before reporting
+        the work done.
+        """
+        for future in self.saving:
+            future.result()
 
 
 def window_bounds(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
@@ -109,17 +134,25 @@ def load_window(
         sources.append([current.isoformat(), source_hash])
 
     def day_aggregate(current: dt.date, kind: str) -> Aggregate:
+        if kind in DERIVED_KINDS:
+            return as_coded(
+                DERIVED_KINDS[kind], day_aggregate(current, DERIVED_KINDS[kind])
+            ).totals()
         if current in recomputed:
             return recomputed[current][kind]
         partition = Partition(entry.tenant, entry.surface, current)
         return store.read_aggregate(partition, kind, markers[current])
 
+    saving: list[Future] = []
+
     def merged(kind: str) -> tuple[Aggregate, str | None]:
-        if kind in PAIR_KINDS and not recomputed and window_days > 1:
-            states = _WindowStates(store, entry, kind, window_days, params)
+        summed = kind in PAIR_KINDS or kind in DERIVED_KINDS
+        if summed and not recomputed and window_days > 1:
+            states = _WindowStates(store, entry, kind, window_days, params, saving)
             return states.window(day, markers, day_aggregate)
-        how = "summed" if kind in PAIR_KINDS else None
-        return merge_aggregates(kind, [day_aggregate(d, kind) for d in markers]), how
+        if summed:
+            return combine([(day_aggregate(d, kind), 1) for d in markers], kind), "summed"
+        return merge_aggregates(kind, [day_aggregate(d, kind) for d in markers]), None
 
     # Kinds are independent; their reads, hashes and sparse sums release the GIL.
     with ThreadPoolExecutor(max_workers=min(len(kinds), 2) or 1) as pool:
@@ -135,7 +168,15 @@ def load_window(
         days_recomputed=list(recomputed),
         source_hash=hashlib.sha256(orjson.dumps(sources)).hexdigest(),
         merge=merge,
+        saving=tuple(saving),
     )
+
+
+@functools.cache
+def _writer(pid: int) -> ThreadPoolExecutor:
+    """The process's state writer, one per process id: a forked child must not inherit a
+    pool whose thread stayed in the parent."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-state-{pid}")
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -151,6 +192,7 @@ class _WindowStates:
     kind: str
     window_days: int
     params: dict[str, int]
+    saving: list[Future]  # writes started, for the caller to wait on
 
     @property
     def folder(self) -> str:
@@ -167,7 +209,7 @@ class _WindowStates:
         day_aggregate: Callable[[dt.date, str], Aggregate],
     ) -> tuple[Coded, str]:
         """The kind's sum over the days of `markers`, from a state when one is close."""
-        wanted = {d.isoformat(): markers[d]["content_hashes"][self.kind] for d in markers}
+        wanted = {d.isoformat(): markers[d]["content_hashes"][self.source] for d in markers}
         for last in (day, day - dt.timedelta(days=1)):
             state = self._read(last)
             if state is None:
@@ -188,20 +230,26 @@ class _WindowStates:
                 if not add and not remove and last == day:
                     return coded, "reused"
                 summed = combine(terms, self.kind, reuse_first=True)
-                self._write(day, wanted, summed)
+                self._save(day, wanted, summed)
                 return summed, f"updated (+{len(add)} -{len(remove)} days)"
             break
-        summed = merge_aggregates(self.kind, [day_aggregate(d, self.kind) for d in markers])
-        self._write(day, wanted, summed)
+        summed = combine([(day_aggregate(d, self.kind), 1) for d in markers], self.kind)
+        self._save(day, wanted, summed)
         return summed, "summed"
+
+    @property
+    def source(self) -> str:
+        """The daily aggregate kind this state sums (itself, or what it is derived from)."""
+        return DERIVED_KINDS.get(self.kind, self.kind)
 
     def _old_aggregate(self, day: dt.date, content_hash: str) -> Coded | None:
         """A day's aggregate as a state summed it, if its file is still that one."""
         partition = Partition(self.entry.tenant, self.entry.surface, day)
         marker = self.store.aggregates_marker(partition)
-        if marker is None or marker["content_hashes"].get(self.kind) != content_hash:
+        if marker is None or marker["content_hashes"].get(self.source) != content_hash:
             return None
-        return self.store.read_aggregate(partition, self.kind, marker)
+        aggregate = self.store.read_aggregate(partition, self.source, marker)
+        return as_coded(self.source, aggregate).totals() if self.kind != self.source else aggregate
 
     def _read(self, last: dt.date) -> tuple[dict[str, str], Coded] | None:
         store = self.store.store()
@@ -215,6 +263,11 @@ class _WindowStates:
         if data is None or sha256_hex(data) != marker["content_hash"]:
             return None
         return marker["days"], read_raw(data)
+
+    def _save(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
+        """Write the state in the background (one writer thread for the process: states are
+        written in the order their sums were made)."""
+        self.saving.append(_writer(os.getpid()).submit(self._write, day, days, coded))
 
     def _write(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
         """Write the state for `day` (data, then marker), then delete older ones.
@@ -237,7 +290,9 @@ class _WindowStates:
                 digest.update(part)
                 yield part
 
-        store.write_parts(f"{self.folder}/{day.isoformat()}.bin", hashed(raw_chunks(coded)))
+        # A state is a cache checked by hash before use: no disk flush of its data.
+        data_key = f"{self.folder}/{day.isoformat()}.bin"
+        store.write_parts(data_key, hashed(raw_chunks(coded)), durable=False)
         marker = {
             "v": STATE_FORMAT,
             "kind": self.kind,
