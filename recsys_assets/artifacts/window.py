@@ -260,9 +260,17 @@ class _WindowStates:
         if marker.get("v") != STATE_FORMAT or marker.get("params") != self.params:
             return None
         data = store.read_buffer(f"{self.folder}/{last.isoformat()}.bin")
-        if data is None or sha256_hex(data) != marker["content_hash"]:
+        if data is None:
             return None
-        return marker["days"], read_raw(data)
+        # The hash is checked while the arrays are read; a damaged state is not used.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(sha256_hex, data)
+            try:
+                coded: Coded | None = read_raw(data)
+            except ValueError:
+                coded = None
+            intact = digest.result() == marker["content_hash"]
+        return (marker["days"], coded) if intact and coded is not None else None
 
     def _save(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
         """Write the state in the background (one writer thread for the process: states are
