@@ -8,7 +8,9 @@ aggregation, then popularity, cooc, content_sim (a synthetic 50k-item catalog) a
 session_seq built, versioned and serialized; implicit (factors 64, 15 iterations, 50 items
 per user, 100k users) reported separately. `window`: `--days` days of aggregates exist; the
 next day costs one day of aggregation plus the merge of the window, compared with the same
-artifacts over one day. Data is generated once under benchmarks/.data/ (git-ignored).
+artifacts over one day; the stage ends when the window states written in the background
+are on disk. implicit on the window merges its own kind (user_item_counts), as its asset
+does. Data is generated once under benchmarks/.data/ (git-ignored).
 """
 
 from __future__ import annotations
