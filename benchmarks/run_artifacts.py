@@ -43,7 +43,7 @@ from recsys_assets.artifacts.implicit_als import implicit_payload  # noqa: E402
 from recsys_assets.artifacts.popularity import popularity_payload  # noqa: E402
 from recsys_assets.artifacts.session_seq import session_seq_payload  # noqa: E402
 from recsys_assets.artifacts.window import aggregate_params, load_window  # noqa: E402
-from recsys_assets.config import parse_config  # noqa: E402
+from recsys_assets.config import AppConfig, parse_config  # noqa: E402
 from recsys_assets.events.assets import build_canonical_partition  # noqa: E402
 from recsys_assets.events.canonical import Partition  # noqa: E402
 from recsys_assets.events.store import CanonicalStore  # noqa: E402
@@ -52,6 +52,19 @@ DAY0 = dt.date(2026, 1, 1)
 SOURCE = "0" * 64
 LIMITS = {**CANONICAL_LIMITS, "max_excluded_event_ratio": 1.0}
 WINDOW_TYPES = ("popularity", "cooc", "session_seq")
+
+
+def bench_config(out_dir: Path, raw_dir: Path) -> AppConfig:
+    """The one tenant/surface of the benchmarks, writing under `out_dir`."""
+    return parse_config(
+        {
+            "start_date": DAY0.isoformat(),
+            "tenants": [{"tenant": "demo", "surface": "home"}],
+            "out_dir": str(out_dir),
+            "raw_source": {"dir": str(raw_dir)},
+            "limits": LIMITS,
+        }
+    )
 
 
 def canonical_days(events_per_day: int, days: int) -> CanonicalStore:
@@ -64,15 +77,7 @@ def canonical_days(events_per_day: int, days: int) -> CanonicalStore:
         return store
     if not (raw / "summary.json").exists():
         generate(raw, events=events_per_day * days, days=days, day=DAY0)
-    config = parse_config(
-        {
-            "start_date": DAY0.isoformat(),
-            "tenants": [{"tenant": "demo", "surface": "home"}],
-            "out_dir": str(root),
-            "raw_source": {"dir": str(raw)},
-            "limits": LIMITS,
-        }
-    )
+    config = bench_config(root, raw)
     for offset in range(days):
         partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
         path = raw / f"demo/home/exposure.{partition.day}.jsonl"
@@ -163,15 +168,7 @@ def window(events_per_day: int, days: int, results: list, implicit: bool = True)
     store = canonical_days(events_per_day, days + 1)
     out = Path(tempfile.mkdtemp(prefix="bench-window-"))
     aggregates = CanonicalStore(location=str(out))
-    config = parse_config(
-        {
-            "start_date": DAY0.isoformat(),
-            "tenants": [{"tenant": "demo", "surface": "home"}],
-            "out_dir": str(out),
-            "raw_source": {"dir": str(out)},
-            "limits": LIMITS,
-        }
-    )
+    config = bench_config(out, out)
     entry = config.tenants[0]
     params = aggregate_params(config, entry)
     kinds = sorted({kind for name in WINDOW_TYPES for kind in SPECS[name].kinds})

@@ -45,7 +45,12 @@ from recsys_assets.artifacts.aggregates import (
 from recsys_assets.artifacts.coded import Coded, combine, raw_chunks, read_raw
 from recsys_assets.config import AppConfig, TenantSurface
 from recsys_assets.events.canonical import Partition, sha256_hex
-from recsys_assets.events.store import AGGREGATES_FORMAT, CanonicalStore, PartitionNotReady
+from recsys_assets.events.store import (
+    AGGREGATES_FORMAT,
+    CanonicalStore,
+    PartitionNotReady,
+    day_range,
+)
 
 STATE_FORMAT = 1
 # Window sums derived from a pair kind, kept as states of their own (kind -> source kind):
@@ -113,7 +118,7 @@ def load_window(
     markers: dict[dt.date, dict] = {}
     recomputed: dict[dt.date, dict[str, Aggregate]] = {}
     missing, sources = [], []
-    for current in _days(start, end):
+    for current in day_range(start, end - dt.timedelta(days=1)):
         partition = Partition(entry.tenant, entry.surface, current)
         marker = store.marker(partition, "aggregates")
         source_hash = marker["source_hash"] if marker else None
@@ -135,9 +140,7 @@ def load_window(
 
     def day_aggregate(current: dt.date, kind: str) -> Aggregate:
         if kind in DERIVED_KINDS:
-            return as_coded(
-                DERIVED_KINDS[kind], day_aggregate(current, DERIVED_KINDS[kind])
-            ).totals()
+            return _derived(kind, day_aggregate(current, DERIVED_KINDS[kind]))
         if current in recomputed:
             return recomputed[current][kind]
         partition = Partition(entry.tenant, entry.surface, current)
@@ -179,8 +182,12 @@ def _writer(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-state-{pid}")
 
 
-def _days(start: dt.date, end: dt.date) -> list[dt.date]:
-    return [start + dt.timedelta(days=i) for i in range((end - start).days)]
+def _derived(kind: str, aggregate: Aggregate) -> Aggregate:
+    """A day's aggregate of `kind` from the day's aggregate of its source kind (itself for
+    a daily kind; see DERIVED_KINDS)."""
+    if kind not in DERIVED_KINDS:
+        return aggregate
+    return as_coded(DERIVED_KINDS[kind], aggregate).totals()
 
 
 @dataclass(frozen=True)
@@ -248,8 +255,7 @@ class _WindowStates:
         marker = self.store.aggregates_marker(partition)
         if marker is None or marker["content_hashes"].get(self.source) != content_hash:
             return None
-        aggregate = self.store.read_aggregate(partition, self.source, marker)
-        return as_coded(self.source, aggregate).totals() if self.kind != self.source else aggregate
+        return _derived(self.kind, self.store.read_aggregate(partition, self.source, marker))
 
     def _read(self, last: dt.date) -> tuple[dict[str, str], Coded] | None:
         store = self.store.store()
