@@ -74,6 +74,7 @@ def setup(make_config, tmp_path):
         day = DAY0 + dt.timedelta(days=offset)
         copied = CanonicalStore(location=str(copy))
         data = load_window(copied, config, entry, day, WINDOW, KINDS)
+        data.wait_saved()  # its states land in the copy before the next call replaces it
         assert set(data.merge.values()) == {"summed"}
         return data
 
