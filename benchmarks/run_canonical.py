@@ -50,38 +50,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw_dir = dataset(args.events, args.bad_fraction)
-    out = Path(tempfile.mkdtemp(prefix="bench-canonical-"))
-    config = parse_config(
-        {
-            "start_date": "2026-01-01",
-            "tenants": [{"tenant": "demo", "surface": "home"}],
-            "out_dir": str(out),
-            "raw_source": {"type": "fs", "dir": str(raw_dir)},
-            "limits": LIMITS,
-        }
-    )
-    partition = Partition("demo", "home", dt.date(2026, 1, 1))
-    path = raw_dir / "demo/home/exposure.2026-01-01.jsonl"
-    results: list = []
-    with stage("read", results) as s:
-        data = path.read_bytes()
-        s.extra["bytes"] = len(data)
-    with stage("decode+canonical", results) as s:
-        canonical, _ = build_canonical_partition("day", data, partition, config)
-        s.extra |= {k: canonical.counts[k] for k in ("rows", "rejects", "duplicates")}
-    with stage("write", results):
-        CanonicalStore(location=config.canonical_location).write(partition, canonical, path.name)
-    del data, canonical
+    # Removed afterwards: each run writes a partition (and a Dagster run) of its own.
+    with tempfile.TemporaryDirectory(prefix="bench-canonical-") as tmp:
+        out = Path(tmp)
+        config = parse_config(
+            {
+                "start_date": "2026-01-01",
+                "tenants": [{"tenant": "demo", "surface": "home"}],
+                "out_dir": str(out),
+                "raw_source": {"type": "fs", "dir": str(raw_dir)},
+                "limits": LIMITS,
+            }
+        )
+        partition = Partition("demo", "home", dt.date(2026, 1, 1))
+        path = raw_dir / "demo/home/exposure.2026-01-01.jsonl"
+        results: list = []
+        with stage("read", results) as s:
+            data = path.read_bytes()
+            s.extra["bytes"] = len(data)
+        with stage("decode+canonical", results) as s:
+            canonical, _ = build_canonical_partition("day", data, partition, config)
+            s.extra |= {k: canonical.counts[k] for k in ("rows", "rejects", "duplicates")}
+        with stage("write", results):
+            store = CanonicalStore(location=config.canonical_location)
+            store.write(partition, canonical, path.name)
+        del data, canonical
 
-    import dagster as dg
+        import dagster as dg
 
-    from recsys_assets.graph import build_definitions
-    from recsys_assets.runner import execute
+        from recsys_assets.graph import build_definitions
+        from recsys_assets.runner import execute
 
-    defs = build_definitions(config)
-    with dg.instance_for_test() as instance, stage("asset end-to-end", results) as s:
-        outcome = execute(defs, "ingest_job", "2026-01-01|demo__home", instance)
-        s.extra["success"] = outcome.success
+        defs = build_definitions(config)
+        with dg.instance_for_test() as instance, stage("asset end-to-end", results) as s:
+            outcome = execute(defs, "ingest_job", "2026-01-01|demo__home", instance)
+            s.extra["success"] = outcome.success
     report(results, args.json)
     return 0 if outcome.success else 1
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import polars as pl
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_assets.artifacts import coded as coded_module
 from recsys_assets.artifacts.aggregates import as_coded, as_frame, merge_aggregates
 from recsys_assets.artifacts.coded import (
     Coded,
@@ -20,6 +23,8 @@ from recsys_assets.artifacts.coded import (
     raw_bytes,
     read_parquet,
     read_raw,
+    read_stored,
+    updated,
 )
 
 KIND = "user_item_counts"
@@ -48,6 +53,16 @@ def brute_sum(days: list[dict[tuple[str, str], int]]) -> pl.DataFrame:
             totals[key] = totals.get(key, 0) + count
     rows = sorted((user, item, count) for (user, item), count in totals.items() if count)
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+@contextmanager
+def blocks_of(entries: int) -> Iterator[None]:
+    """`updated` works in blocks of about this many state entries."""
+    saved, coded_module._BLOCK = coded_module._BLOCK, entries
+    try:
+        yield
+    finally:
+        coded_module._BLOCK = saved
 
 
 def same(left: Coded, right: Coded) -> bool:
@@ -133,11 +148,46 @@ def test_a_state_read_back_sums_exactly_whatever_its_values(big):
     state = read_raw(raw_bytes(as_coded(KIND, day({("u1", "A"): big, ("u2", "A"): 3}))))
     assert state.matrix.data.dtype == (np.int32 if big < 2**31 else np.int64)
     more = as_coded(KIND, day({("u1", "A"): 10, ("u3", "C"): 1}))
-    summed = combine([(state, 1), (more, 1)], KIND, reuse_first=True)
-    assert as_frame(KIND, summed).rows() == [("u1", "A", big + 10), ("u2", "A", 3), ("u3", "C", 1)]
-    assert summed.row_sums().tolist() == [big + 10, 3, 1]
-    slid = combine([(read_raw(raw_bytes(summed)), 1), (more, -1)], KIND, reuse_first=True)
-    assert as_frame(KIND, slid).rows() == [("u1", "A", big), ("u2", "A", 3)]
+    for summed in (
+        combine([(state, 1), (more, 1)], KIND),
+        updated(read_stored(raw_bytes(state)), [(more, 1)], KIND),
+    ):
+        assert summed.matrix.data.dtype == (np.int32 if big + 10 < 2**31 else np.int64)
+        assert as_frame(KIND, summed).rows() == [
+            ("u1", "A", big + 10),
+            ("u2", "A", 3),
+            ("u3", "C", 1),
+        ]
+        assert summed.row_sums().tolist() == [big + 10, 3, 1]
+        slid = updated(read_stored(raw_bytes(summed)), [(more, -1)], KIND)
+        assert as_frame(KIND, slid).rows() == [("u1", "A", big), ("u2", "A", 3)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(entries, min_size=1, max_size=5), entries, st.data(), st.sampled_from([1, 2, 64]))
+def test_a_stored_state_updated_block_by_block_equals_the_sum_of_its_days(
+    days, new_day, data, block
+):
+    """yesterday's stored window + a new day - the day that left, in blocks of 1, 2 or 64
+    entries (row ids and column ids entering and leaving, whole rows cancelling), is the
+    same data as the window summed from its days."""
+    out = data.draw(st.integers(0, len(days) - 1))
+    state = read_stored(raw_bytes(merge_aggregates(KIND, [day(values) for values in days])))
+    with blocks_of(block):
+        slid = updated(
+            state, [(as_coded(KIND, day(new_day)), 1), (as_coded(KIND, day(days[out])), -1)], KIND
+        )
+    kept = [values for index, values in enumerate(days) if index != out] + [new_day]
+    expected = merge_aggregates(KIND, [day(values) for values in kept])
+    assert as_frame(KIND, slid).equals(as_frame(KIND, expected))
+    assert same(slid, expected)  # canonical: the same arrays (values in a narrower type)
+
+
+def test_updating_a_state_with_a_day_it_does_not_hold_is_an_error():
+    state = read_stored(raw_bytes(as_coded(KIND, day({("u1", "A"): 1, ("u2", "B"): 4}))))
+    other = as_coded(KIND, day({("u1", "A"): 2}))
+    with pytest.raises(ValueError, match="user_item_counts: subtracting a day left negative"):
+        updated(state, [(other, -1)], KIND)
 
 
 @pytest.mark.parametrize("ids", [["b", "a"], ["a", "a"]])

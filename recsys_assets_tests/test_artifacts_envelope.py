@@ -15,7 +15,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_assets.artifacts import envelope
+from recsys_assets.artifacts import envelope, ranking
 from recsys_assets.artifacts.envelope import (
     build_document,
     canonical_bytes,
@@ -306,21 +306,29 @@ def test_version_of_a_scored_payload_equals_the_rfc8785_sha256(entries, tenant_l
         unique_by=lambda row: row[0],
     ).map(lambda rows: [(row_id, entries) for row_id, entries in rows if entries]),
     st.sampled_from([("user_id", "items", "score"), ("a", "z", "count")]),
+    st.sampled_from([1, 2, 3, 1 << 18]),
 )
-def test_a_list_written_ahead_is_the_rfc8785_form_of_its_rows(rows, keys):
-    """`nest_json` bytes, alone and inside a document, are what JCS makes of the same dicts."""
+def test_a_list_written_ahead_is_the_rfc8785_form_of_its_rows(rows, keys, part):
+    """`nest_json` bytes, alone and inside a document, are what JCS makes of the same dicts,
+    whatever size of parts they are written in (parts of 1-3 entries end mid-row)."""
     row_key, list_key, value_key = keys
     items = sorted({item for _, entries in rows for item, _ in entries})
-    encoded = nest_json(
-        pl.Series([row_id for row_id, _ in rows], dtype=pl.String),
-        np.repeat(np.arange(len(rows)), [len(entries) for _, entries in rows]),
-        pl.Series(items, dtype=pl.String),
-        np.array([items.index(item) for _, entries in rows for item, _ in entries], dtype=int),
-        np.array([value for _, entries in rows for _, value in entries], dtype=np.int64),
-        row_key=row_key,
-        list_key=list_key,
-        value_key=value_key,
-    )
+    saved, ranking._NEST_PART = ranking._NEST_PART, part
+    try:
+        encoded = nest_json(
+            pl.Series([row_id for row_id, _ in rows], dtype=pl.String),
+            np.repeat(np.arange(len(rows)), [len(entries) for _, entries in rows]),
+            pl.Series(items, dtype=pl.String),
+            np.array([items.index(item) for _, entries in rows for item, _ in entries], dtype=int),
+            np.array([value for _, entries in rows for _, value in entries], dtype=np.int64),
+            row_key=row_key,
+            list_key=list_key,
+            value_key=value_key,
+        )
+    finally:
+        ranking._NEST_PART = saved
+    entries = sum(len(entries) for _, entries in rows)
+    assert len(encoded.parts) == max(1, -(-entries // part))
     nested = [
         {row_key: row_id, list_key: [{"item_id": i, value_key: v} for i, v in entries]}
         for row_id, entries in rows

@@ -9,6 +9,7 @@ import pytest
 
 from recsys_assets.artifacts.aggregates import (
     EVENTS_SCHEMA,
+    TRANSITION_UNIT,
     as_coded,
     daily_aggregates,
     merge_aggregates,
@@ -135,3 +136,25 @@ def test_users_totals_alone_rank_the_users_as_the_whole_counts_do():
             max_users=cap,
         )
         assert totals == whole
+
+
+def test_neighbors_that_round_to_the_same_score_are_ranked_by_id():
+    """Weights a hair apart round to one score; the id then decides, also when the smaller id
+    has the smaller weight and only one neighbor is kept (its entry must not be cut early)."""
+    unit = TRANSITION_UNIT
+    item_transitions = pl.DataFrame(
+        {
+            "item_id": ["P"] * 4,
+            "next_item_id": ["A", "B", "C", "D"],
+            "weight_units": [unit // 2 - 1, unit // 2, unit // 4, unit // 2 - 10**4],
+        }
+    )
+    empty = daily_aggregates(pl.DataFrame(schema=EVENTS_SCHEMA))
+    for keep, expected in ((1, [("A", 0.5)]), (2, [("A", 0.5), ("B", 0.5)])):
+        result, _ = session_seq_payload(
+            empty["user_transitions"],
+            empty["user_item_counts"],
+            item_transitions,
+            max_neighbors_per_item=keep,
+        )
+        assert result["transitions"] == [{"item_id": "P", "items": entries(*expected)}]

@@ -16,6 +16,7 @@ day that left it) is identical to one summed from scratch.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,15 +116,11 @@ def coded_from_ids(first: pl.Series, second: pl.Series, values: np.ndarray, what
     )
 
 
-def combine(
-    terms: Sequence[tuple[Coded, int]], what: str = "aggregate", *, reuse_first: bool = False
-) -> Coded:
-    """The sum of `sign * values` over (values, sign) terms.
+def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
+    """The sum of `sign * values` over (values, sign) terms (`updated` for a stored state).
 
     Used with sign -1 to take a day out of a window: a negative result means the day was
-    not part of it, which is an error, not a value. `reuse_first`: the first term is not used
-    again (a window state read for this sum), so its column codes may be rewritten in place
-    rather than copied; it is left inconsistent.
+    not part of it, which is an error, not a value.
     """
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not present:
@@ -134,16 +131,7 @@ def combine(
     columns, column_maps = _union([coded.columns for coded, _ in present], what)
     dtype = _sum_dtype([coded.matrix.data for coded, _ in present])
     matrices = [
-        _recoded(
-            coded.matrix,
-            row_map,
-            column_map,
-            rows.len(),
-            columns.len(),
-            sign,
-            dtype,
-            in_place=reuse_first and coded is terms[0][0],
-        )
+        _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign, dtype)
         for (coded, sign), row_map, column_map in zip(present, row_maps, column_maps, strict=True)
     ]
     fresh = len(matrices) > 1  # a sum's arrays belong to no term
@@ -206,6 +194,7 @@ _PARQUET_SCHEMA = {
 }
 _MAGIC = b"recsys-assets coded v1\n"
 _SLICE = 1 << 22  # entries per slice of a pass over a big state's arrays
+_BLOCK = 1 << 20  # state entries per block of `updated`: temporaries of a few MB
 
 
 def raw_bytes(coded: Coded) -> bytes:
@@ -244,9 +233,49 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
             yield memoryview(np.ascontiguousarray(piece)).cast("B")
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A Coded as `raw_bytes` stored it: the CSR arrays in their stored (narrow) types, views
+    of the buffer they were read from. A window state is this until it is summed."""
+
+    rows: pl.Series
+    columns: pl.Series
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @functools.cached_property
+    def value_dtype(self) -> type:
+        """int32 when every value fits it (see the module doc), else int64."""
+        data = self.data
+        fits = data.dtype.itemsize <= 2 or (
+            data.dtype.kind == "u" and int(data.max(initial=0)) < 2**31
+        )
+        return np.int32 if fits else np.int64
+
+    def coded(self) -> Coded:
+        """The whole, in memory (values and codes widened where they are stored narrower)."""
+        matrix = _csr(
+            self.data.astype(self.value_dtype, copy=False),
+            self.indices,
+            self.indptr,
+            self.columns.len(),
+        )
+        return Coded(self.rows, self.columns, matrix)
+
+
 def read_raw(data: Buffer) -> Coded:
     """Read what `raw_bytes` wrote, from any buffer (a mapped file is read in place; arrays
     already in their in-memory type stay views of it, read-only)."""
+    return read_stored(data).coded()
+
+
+def read_stored(data: Buffer) -> Stored:
+    """What `raw_bytes` wrote, as stored: nothing is copied but the two dictionaries."""
     view = memoryview(data).cast("B")
     if bytes(view[: len(_MAGIC)]) != _MAGIC:
         raise ValueError("not a coded aggregate (bad magic)")
@@ -254,25 +283,82 @@ def read_raw(data: Buffer) -> Coded:
     size = int.from_bytes(view[len(_MAGIC) : start], "little")
     header = orjson.loads(view[start : start + size])
     offset = start + size
-    parts: dict[str, object] = {}
+    parts: dict[str, Any] = {}
     for name, dtype, nbytes in header["parts"]:
         chunk = view[offset : offset + nbytes]
         if dtype == "parquet":
-            parts[name] = pl.read_parquet(bytes(chunk)).to_series()
+            parts[name] = pl.read_parquet(bytes(chunk)).to_series().rename("")
         else:
             parts[name] = np.frombuffer(chunk, dtype=np.dtype(dtype))
         offset += nbytes
     if offset != len(view):
         raise ValueError(f"coded aggregate has {len(view) - offset} trailing bytes")
-    data = parts["data"]
-    fits = data.dtype.itemsize <= 2 or (data.dtype.kind == "u" and int(data.max(initial=0)) < 2**31)
-    matrix = _csr(
-        data.astype(np.int32 if fits else np.int64, copy=False),
-        parts["indices"],
-        parts["indptr"],
-        header["shape"][1],
+    return Stored(**parts)
+
+
+def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
+    """`combine` of the stored state and `terms` (a window state, plus a day, minus another).
+
+    The terms are summed first; the state is then added to them a block of its rows at a
+    time, its codes and values widened and re-coded block by block, and each block's sum
+    written straight into the result's arrays. Whole widened copies of a state of tens of
+    millions of entries, and a second result of its size, would cost more than the sums:
+    fresh memory is slow to touch on a virtual machine, and a block's temporaries are
+    reused by the allocator.
+    """
+    present = [(coded, sign) for coded, sign in terms if coded.nnz]
+    if not state.nnz or not present:
+        return combine([(state.coded(), 1), *present], what)
+    rows, row_maps = _union([state.rows, *[coded.rows for coded, _ in present]], what)
+    columns, column_maps = _union([state.columns, *[coded.columns for coded, _ in present]], what)
+    bound = int(state.data.max()) + sum(
+        max(int(coded.matrix.data.max()), -int(coded.matrix.data.min())) for coded, _ in present
     )
-    return Coded(parts["rows"], parts["columns"], matrix)
+    dtype = np.int32 if state.value_dtype == np.int32 and bound < 2**31 else np.int64
+    delta = _tree_sum(
+        [
+            _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign, dtype)
+            for (coded, sign), row_map, column_map in zip(
+                present, row_maps[1:], column_maps[1:], strict=True
+            )
+        ]
+    )
+    indptr = state.indptr
+    if row_maps[0] is not None:
+        lengths = np.zeros(rows.len(), dtype=np.int64)
+        lengths[row_maps[0]] = np.diff(indptr)
+        indptr = np.concatenate(([0], np.cumsum(lengths)))
+    column_map = column_maps[0]
+    index_dtype = np.int32 if columns.len() < 2**31 else np.int64
+    if column_map is not None:
+        column_map = column_map.astype(index_dtype)
+    size = state.nnz + delta.nnz
+    out_indices, out_data = np.empty(size, index_dtype), np.empty(size, dtype)
+    out_indptr = np.zeros(rows.len() + 1, dtype=np.int64)
+    # Blocks of whole rows, about _BLOCK state entries each.
+    starts = np.searchsorted(indptr, np.arange(0, state.nnz, _BLOCK), side="right") - 1
+    bounds = np.unique(np.r_[0, starts, rows.len()])
+    written = 0
+    for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        first, last = int(indptr[low]), int(indptr[high])
+        codes = state.indices[first:last]
+        codes = column_map[codes] if column_map is not None else codes.astype(index_dtype)
+        values = state.data[first:last].astype(dtype)
+        block = _csr(values, codes, indptr[low : high + 1] - first, columns.len()) + delta[low:high]
+        block.eliminate_zeros()
+        if block.nnz and block.data.min() < 0:
+            raise ValueError(
+                f"{what}: subtracting a day left negative values; the day was not in the window"
+            )
+        out_indices[written : written + block.nnz] = block.indices
+        out_data[written : written + block.nnz] = block.data
+        out_indptr[low + 1 : high + 1] = written + block.indptr[1:]
+        written += block.nnz
+    total = _csr(out_data[:written], out_indices[:written], out_indptr, columns.len())
+    # Positive terms cancel nothing: every id of the union keeps an entry.
+    if all(sign > 0 for _, sign in present):
+        return Coded(rows, columns, total)
+    return _pruned(Coded(rows, columns, total), in_place=True)
 
 
 def _narrowest(largest: int) -> str:
@@ -344,18 +430,15 @@ def _recoded(
     n_columns: int,
     sign: int,
     dtype: type = np.int64,
-    *,
-    in_place: bool = False,
 ) -> sp.csr_matrix:
-    """`sign * matrix` re-indexed over larger sorted dictionaries (its column codes rewritten
-    in place when `in_place` and they are writeable).
+    """`sign * matrix` re-indexed over larger sorted dictionaries.
 
     The maps are increasing (the new dictionaries are sorted and contain the old ones), so
     rows keep their order and each row's columns stay sorted.
     """
     indices = matrix.indices
     if column_map is not None:
-        indices = _mapped(column_map, indices, in_place)
+        indices = column_map.astype(indices.dtype, copy=False)[indices]
     indptr = matrix.indptr
     if row_map is not None:
         counts = np.zeros(n_rows, dtype=np.int64)

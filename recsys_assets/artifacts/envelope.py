@@ -177,13 +177,19 @@ class EncodedList(Sequence):
     (a window's session_seq users), so a payload may hold such a list as bytes instead: objects
     with sorted keys, strings as orjson writes them, integers only (no float to correct). The
     blob then carries the same bytes, so its objects in this list have their keys sorted.
-    Reading it (len, indexing, iteration, ==) parses it once.
+    Reading it (len, indexing, iteration, ==) parses it once. The bytes may come in parts
+    (`parts`, written one after the other) so that a big list is never copied whole.
     """
 
-    def __init__(self, data: bytes, length: int) -> None:
-        self.data = data
+    def __init__(self, data: bytes | list[bytes], length: int) -> None:
+        self.parts = [data] if isinstance(data, bytes) else data
         self._length = length
         self._items: list[Any] | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The list's bytes, whole."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
     def __len__(self) -> int:
         return self._length
@@ -202,7 +208,8 @@ class EncodedList(Sequence):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"EncodedList({self._length} items, {len(self.data):,} bytes)"
+        size = sum(len(part) for part in self.parts)
+        return f"EncodedList({self._length} items, {size:,} bytes)"
 
     def items(self) -> list[Any]:
         if self._items is None:
@@ -237,11 +244,11 @@ def _pieces(document: Any, *, sort_keys: bool) -> list[bytes]:
     """The document's bytes in pieces: the embedded `EncodedList`s as they are, the text
     around them written by orjson with floats corrected; the lists are neither copied nor
     scanned for floats (they hold none)."""
-    embedded: list[bytes] = []
+    embedded: list[list[bytes]] = []
 
     def slot(value: Any) -> orjson.Fragment:
         if isinstance(value, EncodedList):
-            embedded.append(value.data)
+            embedded.append(value.parts)
             return orjson.Fragment(_SLOT)
         raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
@@ -255,8 +262,8 @@ def _pieces(document: Any, *, sort_keys: bool) -> list[bytes]:
         return [text]
     around = text.split(_SLOT)
     pieces = [around[0]]
-    for data, after in zip(embedded, around[1:], strict=True):
-        pieces += [data, after]
+    for parts, after in zip(embedded, around[1:], strict=True):
+        pieces += [*parts, after]
     return pieces
 
 

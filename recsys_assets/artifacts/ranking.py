@@ -64,6 +64,15 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
     return kept if candidates is None else candidates[kept]
 
 
+def reaching(row: np.ndarray, value: np.ndarray, k: int, slack: int | float = 0) -> np.ndarray:
+    """Indices of the entries whose value is at least their row's k-th largest minus `slack`:
+    all that a top-k of the row can keep, also after a transformation of the values that
+    moves none of them by more than `slack` / 2 (rounding)."""
+    if row.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(value >= _kth_largest(row, value, k) - slack)
+
+
 def _kth_largest(row: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
     """Each entry's row's k-th largest value (its smallest for shorter rows).
 
@@ -157,6 +166,9 @@ def nest(
     return rows
 
 
+_NEST_PART = 1 << 18  # entries per part of a `nest_json` list (~8 MB of JSON)
+
+
 def nest_json(
     rows: pl.Series,
     row: np.ndarray,
@@ -197,7 +209,7 @@ def nest_json(
     closings = closings + pl.Series([","] * (rows.len() - 1) + ["]"])
     frame = pl.DataFrame(
         {
-            "item": json_strings(items).gather(item),
+            "item": item,
             "value": values,
             "row": np.cumsum(first) - 1,
             "first": first,
@@ -205,18 +217,28 @@ def nest_json(
         }
     )
     # One concatenation of all the pieces: each intermediate column would be a copy.
+    member = {"item_id": pl.lit(json_strings(items)).gather(pl.col("item"))}
     text = pl.concat_str(
         [
             pl.lit(openings).gather(pl.when(pl.col("first")).then(pl.col("row"))),
-            *_object_parts({"item_id": pl.col("item"), value_key: pl.col("value").cast(pl.String)}),
+            *_object_parts({**member, value_key: pl.col("value").cast(pl.String)}),
             pl.lit(closings).gather(pl.when(pl.col("last")).then(pl.col("row"))).fill_null(","),
         ],
         ignore_nulls=True,
-    )
-    joined = frame.select(text.str.join("")).to_series()
-    # Straight to bytes: a Python str of it would be one more copy of a big artifact (and a
-    # cast inside the select costs several).
-    return EncodedList(joined.cast(pl.Binary).item(), rows.len())
+    ).str.join("")
+    # Written in parts of _NEST_PART entries, two at a time: a part's temporaries are small
+    # and reused, where the whole list at once would hold several columns of its size
+    # (fresh memory is slow to touch on a virtual machine). Each entry's text carries its
+    # row's opening and closing, so the parts can end anywhere.
+    ends = [*range(_NEST_PART, row.size, _NEST_PART), row.size]
+    queries = [
+        frame.lazy().slice(start, end - start).select(text)
+        for start, end in zip([0, *ends[:-1]], ends, strict=True)
+    ]
+    # Straight to bytes: a Python str would be one more copy (a cast inside the select costs
+    # several).
+    parts = [part.to_series().cast(pl.Binary).item() for part in pl.collect_all(queries)]
+    return EncodedList(parts, rows.len())
 
 
 def json_strings(ids: pl.Series) -> pl.Series:

@@ -21,13 +21,19 @@ import polars as pl
 
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
 from recsys_assets.artifacts.coded import Coded
-from recsys_assets.artifacts.envelope import EncodedList, json_scores, round_scores
+from recsys_assets.artifacts.envelope import (
+    SCORE_DECIMALS,
+    EncodedList,
+    json_scores,
+    round_scores,
+)
 from recsys_assets.artifacts.ranking import (
     check_cap,
     ids_at,
     most_active,
     nest,
     nest_json,
+    reaching,
     top_k_per_row,
 )
 
@@ -110,6 +116,12 @@ def _transitions(
     outgoing = pl.DataFrame({"activity": item_transitions.row_sums()}).with_row_index("code")
     kept = most_active(outgoing, key="code", activity="activity", k=cap)["code"].to_numpy()
     item, following, units = _rows(item_transitions, kept)
+    # Rounding moves a score by half a step (10**-6) at most: only the entries within two
+    # steps of their row's k-th largest can be kept, and only they are rounded (the top
+    # rows hold millions of entries).
+    step = TRANSITION_UNIT * 10.0**-SCORE_DECIMALS
+    near = reaching(item, units, per_item, slack=2 * step)
+    item, following, units = item[near], following[near], units[near]
     score = round_scores(units / TRANSITION_UNIT)
     top = top_k_per_row(item, score, following, per_item)
     nested = nest(

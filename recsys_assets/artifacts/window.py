@@ -15,9 +15,10 @@ result is identical either way; the state is only a cache, checked by hash befor
 the states more than a day older than the newest written are deleted; an earlier day
 re-run after a later one writes no state.
 
-A state is read mapped (not copied) and written in the background while the caller builds
-its artifact (`WindowData.wait_saved`), without a disk flush: a damaged or missing state
-only costs a sum afresh. `user_activity`, each user's total exposures (the row totals of
+A state is read mapped (not copied), its hash checked while it is summed (`coded.updated`,
+block by block), and written in the background while the caller builds its artifact
+(`WindowData.wait_saved`), without a disk flush: a damaged or missing state only costs a sum
+afresh. `user_activity`, each user's total exposures (the row totals of
 user_item_counts), is a state of its own: all session_seq reads of user_item_counts, for a
 fraction of the cost of the whole matrix's state (which implicit keeps).
 """
@@ -42,7 +43,7 @@ from recsys_assets.artifacts.aggregates import (
     daily_aggregates,
     merge_aggregates,
 )
-from recsys_assets.artifacts.coded import Coded, combine, raw_chunks, read_raw
+from recsys_assets.artifacts.coded import Coded, Stored, combine, raw_chunks, read_stored, updated
 from recsys_assets.config import AppConfig, TenantSurface
 from recsys_assets.events.canonical import Partition, sha256_hex
 from recsys_assets.events.store import (
@@ -175,11 +176,17 @@ def load_window(
     )
 
 
+def _pool(role: str, workers: int) -> ThreadPoolExecutor:
+    """The process's pool for `role`: "write" (states are written in the order their sums
+    were made) or "check" (hashes of the states being summed, two kinds at a time)."""
+    return _pools(role, workers, os.getpid())
+
+
 @functools.cache
-def _writer(pid: int) -> ThreadPoolExecutor:
-    """The process's state writer, one per process id: a forked child must not inherit a
-    pool whose thread stayed in the parent."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-state-{pid}")
+def _pools(role: str, workers: int, pid: int) -> ThreadPoolExecutor:
+    # One per process id: a forked child must not inherit a pool whose threads stayed in the
+    # parent.
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"window-{role}-{pid}")
 
 
 def _derived(kind: str, aggregate: Aggregate) -> Aggregate:
@@ -221,13 +228,12 @@ class _WindowStates:
             state = self._read(last)
             if state is None:
                 continue
-            held, coded = state
+            held, stored, intact = state
             add = [d for d in wanted if held.get(d) != wanted[d]]
             remove = [d for d in held if wanted.get(d) != held[d]]
             if len(add) + len(remove) > _MAX_STATE_CHANGES:
                 break
-            terms = [(coded, 1)]
-            terms += [(day_aggregate(dt.date.fromisoformat(d), self.kind), 1) for d in add]
+            terms = [(day_aggregate(dt.date.fromisoformat(d), self.kind), 1) for d in add]
             for expired in remove:
                 old = self._old_aggregate(dt.date.fromisoformat(expired), held[expired])
                 if old is None:
@@ -235,10 +241,15 @@ class _WindowStates:
                 terms.append((old, -1))
             else:
                 if not add and not remove and last == day:
-                    return coded, "reused"
-                summed = combine(terms, self.kind, reuse_first=True)
-                self._save(day, wanted, summed)
-                return summed, f"updated (+{len(add)} -{len(remove)} days)"
+                    summed, how = stored.coded(), "reused"
+                else:
+                    summed = updated(stored, terms, self.kind)
+                    how = f"updated (+{len(add)} -{len(remove)} days)"
+                if not intact.result():  # checked while the state was summed
+                    break
+                if how != "reused":
+                    self._save(day, wanted, summed)
+                return summed, how
             break
         summed = combine([(day_aggregate(d, self.kind), 1) for d in markers], self.kind)
         self._save(day, wanted, summed)
@@ -257,7 +268,10 @@ class _WindowStates:
             return None
         return _derived(self.kind, self.store.read_aggregate(partition, self.source, marker))
 
-    def _read(self, last: dt.date) -> tuple[dict[str, str], Coded] | None:
+    def _read(self, last: dt.date) -> tuple[dict[str, str], Stored, Future[bool]] | None:
+        """The state ending on `last` (its days, its arrays as stored) and whether its hash
+        is right, checked in the background while the caller sums: a damaged state is
+        not used, and its sum is thrown away."""
         store = self.store.store()
         raw = store.read_bytes(f"{self.folder}/{last.isoformat()}.json")
         if raw is None:
@@ -268,20 +282,17 @@ class _WindowStates:
         data = store.read_buffer(f"{self.folder}/{last.isoformat()}.bin")
         if data is None:
             return None
-        # The hash is checked while the arrays are read; a damaged state is not used.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            digest = pool.submit(sha256_hex, data)
-            try:
-                coded: Coded | None = read_raw(data)
-            except ValueError:
-                coded = None
-            intact = digest.result() == marker["content_hash"]
-        return (marker["days"], coded) if intact and coded is not None else None
+        try:
+            stored = read_stored(data)
+        except ValueError:
+            return None
+        intact = _pool("check", 2).submit(lambda: sha256_hex(data) == marker["content_hash"])
+        return marker["days"], stored, intact
 
     def _save(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
         """Write the state in the background (one writer thread for the process: states are
         written in the order their sums were made)."""
-        self.saving.append(_writer(os.getpid()).submit(self._write, day, days, coded))
+        self.saving.append(_pool("write", 1).submit(self._write, day, days, coded))
 
     def _write(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
         """Write the state for `day` (data, then marker), then delete older ones.
