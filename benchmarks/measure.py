@@ -41,6 +41,9 @@ class StageResult:
 
     name: str
     seconds: float = 0.0
+    # CPU time of this process in the stage (all its threads; children not included).
+    cpu_user_s: float = 0.0
+    cpu_sys_s: float = 0.0
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     peak_rss_mb: float = 0.0
@@ -104,11 +107,15 @@ def stage(
     result.rss_start_mb = sampler.peak / MB
     maxrss_before = _maxrss_mb(resource.RUSAGE_SELF)
     sampler.start()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     try:
         yield result
     finally:
         result.seconds = time.perf_counter() - started
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        result.cpu_user_s = round(now.ru_utime - cpu.ru_utime, 2)
+        result.cpu_sys_s = round(now.ru_stime - cpu.ru_stime, 2)
         sampler.stop()
         result.rss_end_mb = sampler.process.memory_info().rss / MB
         result.maxrss_mb = _maxrss_mb(resource.RUSAGE_SELF)
@@ -135,11 +142,21 @@ def report(
     results: list[StageResult], json_path: str | Path | None = None, *, out: TextIO = sys.stdout
 ) -> dict[str, Any]:
     """Print a table of the stages and write them, with the host, as JSON to `json_path`."""
-    header = ("stage", "seconds", "peak MiB", "tree MiB", "maxrss MiB", "child maxrss", "extra")
+    header = (
+        "stage",
+        "seconds",
+        "cpu user+sys",
+        "peak MiB",
+        "tree MiB",
+        "maxrss MiB",
+        "child maxrss",
+        "extra",
+    )
     rows = [
         (
             r.name,
             f"{r.seconds:.2f}",
+            f"{r.cpu_user_s:.2f}+{r.cpu_sys_s:.2f}",
             f"{r.peak_rss_mb:.0f}",
             f"{r.peak_tree_rss_mb:.0f}",
             f"{r.maxrss_mb:.0f}",

@@ -2,6 +2,7 @@
 
     python benchmarks/run_artifacts.py one-day  [--events 5000000]
     python benchmarks/run_artifacts.py window   [--events-per-day 1000000 --days 28]
+                                                [--repeat 5] [--no-implicit]
 
 `one-day`: one partition (50k items, 200k users, ~600k sessions by default): daily
 aggregation, then popularity, cooc, content_sim (a synthetic 50k-item catalog) and
@@ -9,8 +10,10 @@ session_seq built, versioned and serialized; implicit (factors 64, 15 iterations
 per user, 100k users) reported separately. `window`: `--days` days of aggregates exist; the
 next day costs one day of aggregation plus the merge of the window, compared with the same
 artifacts over one day; the stage ends when the window states written in the background
-are on disk. implicit on the window merges its own kind (user_item_counts), as its asset
-does. Data is generated once under benchmarks/.data/ (git-ignored).
+are on disk. `--repeat N` runs the 1-day and the next day N times, alternately (this VM's
+timings vary by a fifth from run to run), and prints the ratio of their medians. implicit on
+the window merges its own kind (user_item_counts), as its asset does. Data is generated
+once under benchmarks/.data/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -160,18 +165,23 @@ def one_day(events: int, results: list) -> None:
         s.extra |= {"bytes": versioned("implicit", payload, DAY0), "users": stats["users_written"]}
 
 
-def window(events_per_day: int, days: int, results: list, implicit: bool = True) -> None:
+def window(
+    events_per_day: int, days: int, results: list, implicit: bool = True, repeat: int = 1
+) -> dict:
     """`window_in` over aggregates and window states written in a temporary folder, removed
     afterwards (a 28-day run leaves ~2 GB)."""
     with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp:
-        window_in(Path(tmp), events_per_day, days, results, implicit)
+        return window_in(Path(tmp), events_per_day, days, results, implicit, repeat)
 
 
-def window_in(out: Path, events_per_day: int, days: int, results: list, implicit: bool) -> None:
+def window_in(
+    out: Path, events_per_day: int, days: int, results: list, implicit: bool, repeat: int
+) -> dict:
     """The next day of a `days`-day window, as the assets run it: aggregate and store the
     day, then load the window (yesterday's window state + today - the day that left) and
     build. The previous day's window is loaded first, cold (summing every day), as that
-    day's run would have done."""
+    day's run would have done. The 1-day run and the next day are repeated `repeat` times;
+    the summary has their medians."""
     store = canonical_days(events_per_day, days + 1)
     aggregates = CanonicalStore(location=str(out))
     config = bench_config(out, out)
@@ -206,7 +216,9 @@ def window_in(out: Path, events_per_day: int, days: int, results: list, implicit
         stats["s wait for states"] = round(time.perf_counter() - started, 2)
         return data.frames
 
-    with stage("1-day: aggregate + popularity, cooc, session_seq", results) as s:
+    one_day_name = "1-day: aggregate + popularity, cooc, session_seq"
+    next_day_name = f"{days}-day window, next day: aggregate + merge + build"
+    with stage(one_day_name, results) as s:
         next_day(1, s.extra)
     yesterday = today.day - dt.timedelta(days=1)
     with stage(f"{days}-day window of the day before, cold (sums {days} days)", results) as s:
@@ -216,17 +228,33 @@ def window_in(out: Path, events_per_day: int, days: int, results: list, implicit
         data.wait_saved()
         s.extra |= {f"merge {kind}": how for kind, how in data.merge.items()}
     del data
-    with stage(f"{days}-day window, next day: aggregate + merge + build", results) as s:
+    with stage(next_day_name, results) as s:
         merged = next_day(days, s.extra)
-    if not implicit:
-        return
     del merged
+    for run in range(2, repeat + 1):  # alternately, so that both meet the same machine
+        with stage(f"{one_day_name} (run {run})", results) as s:
+            next_day(1, s.extra)
+        for written in out.glob(f"demo/home/windows/*/{days}d-*/{today.day}.*"):
+            written.unlink()  # today's states: the next day updates yesterday's again
+        with stage(f"{next_day_name} (run {run})", results) as s:
+            next_day(days, s.extra).clear()
+    one = statistics.median(r.seconds for r in results if r.name.startswith(one_day_name))
+    later = statistics.median(r.seconds for r in results if r.name.startswith(next_day_name))
+    summary = {
+        "runs": repeat,
+        "1-day median s": round(one, 2),
+        "next day median s": round(later, 2),
+        "ratio of medians": round(later / one, 2),
+    }
+    if not implicit:
+        return summary
     with stage(f"{days}-day window: implicit (its own merge)", results) as s:
         data = load_window(aggregates, config, entry, today.day, days, ["user_item_counts"])
         s.extra["merge"] = data.merge["user_item_counts"]
         payload, stats = implicit_payload(data.frames["user_item_counts"])
         data.wait_saved()
         s.extra["users"] = stats["users_written"]
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,13 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-implicit", action="store_true", help="window: skip implicit")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="window: runs of the 1-day and the next day"
+    )
     args = parser.parse_args(argv)
     results: list = []
+    summary = None
     if args.mode == "one-day":
         one_day(args.events, results)
     else:
-        window(args.events_per_day, args.days, results, implicit=not args.no_implicit)
-    report(results, args.json)
+        summary = window(args.events_per_day, args.days, results, not args.no_implicit, args.repeat)
+    document = report(results)
+    if summary is not None:
+        print(" ".join(f"{key}={value}" for key, value in summary.items()))
+        document["summary"] = summary
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2, default=str) + "\n")
     return 0
 
 

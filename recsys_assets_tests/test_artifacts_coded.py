@@ -17,6 +17,7 @@ from recsys_assets.artifacts.aggregates import as_coded, as_frame, merge_aggrega
 from recsys_assets.artifacts.coded import (
     Coded,
     coded_from_codes,
+    coded_from_ids,
     combine,
     empty_coded,
     parquet_bytes,
@@ -196,3 +197,41 @@ def test_a_dictionary_that_is_not_sorted_and_unique_is_refused(ids):
     bad = Coded(pl.Series(ids), good.columns, good.matrix)
     with pytest.raises(ValueError, match="user_item_counts: id dictionaries must be sorted"):
         combine([(good, 1), (bad, 1)], KIND)
+
+
+def _column_of(values: np.ndarray) -> Coded:
+    """One entry per row (user ids u00000...), all in column "A"."""
+    users = pl.Series([f"u{index:05d}" for index in range(values.size)])
+    return coded_from_ids(users, pl.Series(["A"] * values.size), values, "test")
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "apart"),
+    [
+        (np.r_[np.full(5000, 7), [10**6, 2**40]], np.uint8, 2),  # counts, a few huge
+        (np.full(5000, 38798760) * np.r_[np.arange(1, 5000), 10**5], np.uint16, 1),  # weights
+        (np.arange(1, 5001) * 70_000 + 1, np.uint32, 0),  # all large: plain
+    ],
+)
+def test_state_values_take_the_smallest_form_and_read_back_exactly(values, dtype, apart):
+    coded = _column_of(values.astype(np.int64))
+    stored = read_stored(raw_bytes(coded))
+    assert stored.data.dtype == dtype and stored.overflow_at.size == apart
+    assert same(stored.coded(), coded)
+    assert stored.values(10, 4999, np.int64).tolist() == coded.matrix.data[10:4999].tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(1, 300) | st.integers(1, 2**36), min_size=1, max_size=60),
+    st.sampled_from([1, 6, 38798760]),
+    st.integers(1, 7),
+)
+def test_any_values_survive_storage_and_a_blockwise_update(values, scale, block):
+    coded = _column_of(np.array(values, dtype=np.int64) * scale)
+    stored = read_stored(raw_bytes(coded))
+    assert same(stored.coded(), coded)
+    day_out = _column_of(np.array(values, dtype=np.int64)[:1] * scale)
+    with blocks_of(block):
+        slid = updated(stored, [(day_out, -1)], KIND)
+    assert as_frame(KIND, slid).equals(as_frame(KIND, combine([(coded, 1), (day_out, -1)], KIND)))

@@ -16,8 +16,8 @@ day that left it) is identical to one summed from scratch.
 
 from __future__ import annotations
 
-import functools
 import io
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -192,7 +192,7 @@ _PARQUET_SCHEMA = {
     "row_length": pl.Int64(),
     "column_id": pl.String(),
 }
-_MAGIC = b"recsys-assets coded v1\n"
+_MAGIC = b"recsys-assets coded v2\n"
 _SLICE = 1 << 22  # entries per slice of a pass over a big state's arrays
 _BLOCK = 1 << 20  # state entries per block of `updated`: temporaries of a few MB
 
@@ -201,10 +201,14 @@ def raw_bytes(coded: Coded) -> bytes:
     """A self-describing binary form (window states): magic, header length, JSON header,
     then the parts.
 
-    The parts are the two dictionaries (Parquet) and the CSR arrays (raw little-endian, in
-    the narrowest unsigned type that holds them: values are never negative): a window state
-    is rewritten every day, and raw arrays cost a copy where Parquet's encoders cost
-    seconds. The header names each part with its dtype and length in bytes.
+    The parts are the two dictionaries (Parquet) and the CSR arrays, raw little-endian: a
+    window state is rewritten every day, and raw arrays cost a copy where Parquet's
+    encoders cost seconds. Codes are in the narrowest unsigned type that holds them. Values
+    (never negative) are divided by their common divisor (`scale`: a transition weight is a
+    multiple of TRANSITION_UNIT / lcm(1..window)) and stored in the type that makes them
+    smallest: one byte each, say, with the few that do not fit listed apart (`overflow_at`,
+    `overflow_values`, in full) and clipped in place. The header names each part with its
+    dtype and length in bytes.
     """
     return b"".join(raw_chunks(coded))
 
@@ -213,10 +217,13 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
     """`raw_bytes` in pieces, narrowed a slice at a time: a stream to write a big state
     without holding a second copy of it."""
     matrix = coded.matrix
+    values = _Values.of(matrix.data)
     arrays = {
         "indptr": (matrix.indptr, "<i8"),
         "indices": (matrix.indices, _narrowest(coded.columns.len() - 1)),
-        "data": (matrix.data, _narrowest(int(matrix.data.max()) if coded.nnz else 0)),
+        "data": (matrix.data, values.dtype),
+        "overflow_at": (values.overflow_at, "<i8"),
+        "overflow_values": (values.overflow_values, "<i8"),
     }
     dictionaries = {"rows": _parquet(coded.rows), "columns": _parquet(coded.columns)}
     parts = [[name, "parquet", len(part)] for name, part in dictionaries.items()]
@@ -224,13 +231,68 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
         [name, np.dtype(dtype).str, array.size * np.dtype(dtype).itemsize]
         for name, (array, dtype) in arrays.items()
     ]
-    header = orjson.dumps({"shape": list(matrix.shape), "parts": parts})
+    header = orjson.dumps(
+        {
+            "shape": list(matrix.shape),
+            "parts": parts,
+            "scale": values.scale,
+            "largest": values.largest,
+        }
+    )
     yield _MAGIC + len(header).to_bytes(8, "little") + header
     yield from dictionaries.values()
-    for array, dtype in arrays.values():
+    for name, (array, dtype) in arrays.items():
         for start in range(0, array.size, chunk_entries):
-            piece = array[start : start + chunk_entries].astype(dtype, copy=False)
+            piece = array[start : start + chunk_entries]
+            if name == "data":
+                piece = values.stored(piece)
+            piece = piece.astype(dtype, copy=False)
             yield memoryview(np.ascontiguousarray(piece)).cast("B")
+
+
+@dataclass(frozen=True)
+class _Values:
+    """How `raw_chunks` stores an array of values (see `raw_bytes`)."""
+
+    dtype: str
+    scale: int
+    largest: int
+    overflow_at: np.ndarray
+    overflow_values: np.ndarray
+
+    @classmethod
+    def of(cls, data: np.ndarray) -> _Values:
+        none = np.zeros(0, dtype=np.int64)
+        largest = int(data.max()) if data.size else 0
+        if largest < 2**8:
+            return cls(_narrowest(largest), 1, largest, none, none)
+        scale = int(np.gcd.reduce(data[:4096]))
+        scale = int(np.gcd.reduce(data)) if scale > 1 else 1
+        # Bytes per form: plain in the narrowest type, or one or two bytes with the values
+        # that do not fit listed apart (16 bytes each).
+        forms = {_narrowest(largest // scale): (data.size * _itemsize(largest // scale), None)}
+        for dtype, limit in (("<u1", 2**8 - 1), ("<u2", 2**16 - 1)):
+            if largest // scale >= limit:
+                over = np.count_nonzero(data >= limit * scale)
+                forms[dtype] = (data.size * np.dtype(dtype).itemsize + 16 * over, limit)
+        dtype = min(forms, key=lambda name: forms[name][0])
+        limit = forms[dtype][1]
+        if limit is None:
+            return cls(dtype, scale, largest, none, none)
+        at = np.flatnonzero(data >= limit * scale)
+        return cls(dtype, scale, largest, at, data[at].astype(np.int64))
+
+    def stored(self, values: np.ndarray) -> np.ndarray:
+        """`values` as stored: divided by the scale, clipped where listed apart."""
+        if self.scale != 1:
+            values = values // self.scale
+        if self.overflow_at.size:
+            values = np.minimum(values, np.iinfo(self.dtype).max)
+        return values
+
+
+def _itemsize(largest: int) -> int:
+    return np.dtype(_narrowest(largest)).itemsize
 
 
 @dataclass(frozen=True)
@@ -243,33 +305,38 @@ class Stored:
     indptr: np.ndarray
     indices: np.ndarray
     data: np.ndarray
+    overflow_at: np.ndarray
+    overflow_values: np.ndarray
+    scale: int
+    largest: int
 
     @property
     def nnz(self) -> int:
         return int(self.indptr[-1])
 
-    @functools.cached_property
+    @property
     def value_dtype(self) -> type:
         """int32 when every value fits it (see the module doc), else int64."""
-        data = self.data
-        fits = data.dtype.itemsize <= 2 or (
-            data.dtype.kind == "u" and int(data.max(initial=0)) < 2**31
-        )
-        return np.int32 if fits else np.int64
+        return np.int32 if self.largest < 2**31 else np.int64
+
+    def values(self, first: int, last: int, dtype: type) -> np.ndarray:
+        """The values of entries first..last-1, in `dtype` (one that holds them)."""
+        values = self.data[first:last].astype(dtype)
+        low, high = np.searchsorted(self.overflow_at, [first, last])
+        values[self.overflow_at[low:high] - first] = self.overflow_values[low:high] // self.scale
+        if self.scale != 1:
+            values *= self.scale
+        return values
 
     def coded(self) -> Coded:
         """The whole, in memory (values and codes widened where they are stored narrower)."""
-        matrix = _csr(
-            self.data.astype(self.value_dtype, copy=False),
-            self.indices,
-            self.indptr,
-            self.columns.len(),
-        )
+        values = self.values(0, self.nnz, self.value_dtype)
+        matrix = _csr(values, self.indices, self.indptr, self.columns.len())
         return Coded(self.rows, self.columns, matrix)
 
 
 def read_raw(data: Buffer) -> Coded:
-    """Read what `raw_bytes` wrote, from any buffer (a mapped file is read in place; arrays
+    """Read what `raw_bytes` wrote, from any buffer (a mapped file is read in place; codes
     already in their in-memory type stay views of it, read-only)."""
     return read_stored(data).coded()
 
@@ -293,7 +360,7 @@ def read_stored(data: Buffer) -> Stored:
         offset += nbytes
     if offset != len(view):
         raise ValueError(f"coded aggregate has {len(view) - offset} trailing bytes")
-    return Stored(**parts)
+    return Stored(**parts, scale=header["scale"], largest=header["largest"])
 
 
 def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
@@ -311,7 +378,7 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         return combine([(state.coded(), 1), *present], what)
     rows, row_maps = _union([state.rows, *[coded.rows for coded, _ in present]], what)
     columns, column_maps = _union([state.columns, *[coded.columns for coded, _ in present]], what)
-    bound = int(state.data.max()) + sum(
+    bound = state.largest + sum(
         max(int(coded.matrix.data.max()), -int(coded.matrix.data.min())) for coded, _ in present
     )
     dtype = np.int32 if state.value_dtype == np.int32 and bound < 2**31 else np.int64
@@ -335,25 +402,37 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
     size = state.nnz + delta.nnz
     out_indices, out_data = np.empty(size, index_dtype), np.empty(size, dtype)
     out_indptr = np.zeros(rows.len() + 1, dtype=np.int64)
-    # Blocks of whole rows, about _BLOCK state entries each.
-    starts = np.searchsorted(indptr, np.arange(0, state.nnz, _BLOCK), side="right") - 1
-    bounds = np.unique(np.r_[0, starts, rows.len()])
-    written = 0
-    for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+
+    def block_sum(low: int, high: int) -> sp.csr_matrix:
         first, last = int(indptr[low]), int(indptr[high])
         codes = state.indices[first:last]
         codes = column_map[codes] if column_map is not None else codes.astype(index_dtype)
-        values = state.data[first:last].astype(dtype)
+        values = state.values(first, last, dtype)
         block = _csr(values, codes, indptr[low : high + 1] - first, columns.len()) + delta[low:high]
         block.eliminate_zeros()
-        if block.nnz and block.data.min() < 0:
-            raise ValueError(
-                f"{what}: subtracting a day left negative values; the day was not in the window"
-            )
-        out_indices[written : written + block.nnz] = block.indices
-        out_data[written : written + block.nnz] = block.data
-        out_indptr[low + 1 : high + 1] = written + block.indptr[1:]
-        written += block.nnz
+        return block
+
+    # Blocks of whole rows, about _BLOCK state entries each, summed a few at a time on the
+    # threads (scipy releases the GIL) and copied into the result in order.
+    starts = np.searchsorted(indptr, np.arange(0, state.nnz, _BLOCK), side="right") - 1
+    bounds = np.unique(np.r_[0, starts, rows.len()]).tolist()
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    written = 0
+    workers = max(1, pl.thread_pool_size())
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(block_sum, *span) for span in spans[: 2 * workers])
+        for index, (low, high) in enumerate(spans):
+            block = pending.popleft().result()
+            if index + 2 * workers < len(spans):
+                pending.append(pool.submit(block_sum, *spans[index + 2 * workers]))
+            if block.nnz and block.data.min() < 0:
+                raise ValueError(
+                    f"{what}: subtracting a day left negative values; the day was not in the window"
+                )
+            out_indices[written : written + block.nnz] = block.indices
+            out_data[written : written + block.nnz] = block.data
+            out_indptr[low + 1 : high + 1] = written + block.indptr[1:]
+            written += block.nnz
     total = _csr(out_data[:written], out_indices[:written], out_indptr, columns.len())
     # Positive terms cancel nothing: every id of the union keeps an entry.
     if all(sign > 0 for _, sign in present):

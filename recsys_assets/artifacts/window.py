@@ -53,7 +53,7 @@ from recsys_assets.events.store import (
     day_range,
 )
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 # Window sums derived from a pair kind, kept as states of their own (kind -> source kind):
 # session_seq ranks users by their exposures, the row totals of user_item_counts, and a state
 # of ~1M totals is updated for a small part of the cost of the ~17M-entry matrix's.
