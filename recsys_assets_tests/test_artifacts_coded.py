@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import orjson
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -235,3 +236,31 @@ def test_any_values_survive_storage_and_a_blockwise_update(values, scale, block)
     with blocks_of(block):
         slid = updated(stored, [(day_out, -1)], KIND)
     assert as_frame(KIND, slid).equals(as_frame(KIND, combine([(coded, 1), (day_out, -1)], KIND)))
+
+
+def _with_part(data: bytes, name: str, change) -> bytes:
+    """`data` (raw_bytes) with the array part `name` replaced by change(array)."""
+    magic = data.index(b"\n") + 1
+    size = int.from_bytes(data[magic : magic + 8], "little")
+    offset = magic + 8 + size
+    for part, dtype, nbytes in orjson.loads(data[magic + 8 : offset])["parts"]:
+        if part == name:
+            array = change(np.frombuffer(data[offset : offset + nbytes], dtype=dtype).copy())
+            return data[:offset] + array.tobytes() + data[offset + nbytes :]
+        offset += nbytes
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    ("part", "change"),
+    [
+        ("indptr", lambda a: np.where(np.arange(a.size) == 1, 2**40, a)),  # points past the end
+        ("indptr", lambda a: a[::-1].copy()),  # not increasing
+        ("indices", lambda a: a + 7),  # codes past the columns
+    ],
+)
+def test_stored_arrays_that_point_outside_themselves_are_refused(part, change):
+    """A damaged state whose header is intact is refused before a sum reads out of bounds."""
+    data = raw_bytes(as_coded(KIND, day({("u1", "A"): 1, ("u1", "B"): 2, ("u2", "C"): 3})))
+    with pytest.raises(ValueError, match="arrays do not fit its header"):
+        read_stored(_with_part(data, part, change))

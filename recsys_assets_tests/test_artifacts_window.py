@@ -4,6 +4,8 @@ window summed afresh whatever happened to the days in between."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import shutil
 
 import orjson
@@ -125,14 +127,28 @@ def test_a_late_day_is_added_and_a_rewritten_one_is_summed_afresh(setup):
     assert frames(rewritten) != frames(late)
 
 
-def test_a_damaged_state_is_not_used(setup):
+@pytest.mark.parametrize("damage", ["last byte", "arrays garbled", "all garbled"])
+def test_a_damaged_state_is_not_used(setup, damage):
+    """A state whose hash fails is not used, also when the damage makes its sum fail or its
+    arrays point outside themselves (the hash is checked while the state is summed)."""
     aggregate, window, fresh, states = setup
     for offset in range(5):
         aggregate(offset)
     window(3)
     for path in states.rglob("2026-01-04.bin"):
         data = path.read_bytes()
-        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+        if damage == "last byte":
+            damaged = data[:-1] + bytes([data[-1] ^ 0xFF])
+        else:  # noise after the header, or after the dictionaries
+            magic = len(b"recsys-assets coded v2\n")
+            size = int.from_bytes(data[magic : magic + 8], "little")
+            start = magic + 8 + size
+            if damage == "arrays garbled":
+                header = json.loads(data[magic + 8 : start])
+                start += sum(nbytes for _, dtype, nbytes in header["parts"] if dtype == "parquet")
+            noise = random.Random(path.name).randbytes(len(data) - start)
+            damaged = data[:start] + noise
+        path.write_bytes(damaged)
     damaged = window(4)
     assert set(damaged.merge.values()) == {"summed"}
     assert frames(damaged) == frames(fresh(4))

@@ -243,7 +243,12 @@ class _WindowStates:
                 if not add and not remove and last == day:
                     summed, how = stored.coded(), "reused"
                 else:
-                    summed = updated(stored, terms, self.kind)
+                    try:
+                        summed = updated(stored, terms, self.kind)
+                    except ValueError:  # a damaged state's values can go negative
+                        if intact.result():
+                            raise
+                        break
                     how = f"updated (+{len(add)} -{len(remove)} days)"
                 if not intact.result():  # checked while the state was summed
                     break
