@@ -139,9 +139,14 @@ def host() -> dict[str, Any]:
 
 
 def report(
-    results: list[StageResult], json_path: str | Path | None = None, *, out: TextIO = sys.stdout
+    results: list[StageResult],
+    json_path: str | Path | None = None,
+    *,
+    summary: dict[str, Any] | None = None,
+    out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
-    """Print a table of the stages and write them, with the host, as JSON to `json_path`."""
+    """Print a table of the stages (and the `summary` line, when given) and write them, with
+    the host, as JSON to `json_path`."""
     header = (
         "stage",
         "seconds",
@@ -173,6 +178,9 @@ def report(
         ]
         print("  ".join(cells).rstrip(), file=out)
     document = {"host": host(), "stages": [asdict(r) for r in results]}
+    if summary is not None:
+        print(" ".join(f"{key}={value}" for key, value in summary.items()), file=out)
+        document["summary"] = summary
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import statistics
 import sys
@@ -275,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         one_day(args.events, results)
     else:
         summary = window(args.events_per_day, args.days, results, not args.no_implicit, args.repeat)
-    document = report(results)
-    if summary is not None:
-        print(" ".join(f"{key}={value}" for key, value in summary.items()))
-        document["summary"] = summary
-    if args.json:
-        Path(args.json).write_text(json.dumps(document, indent=2, default=str) + "\n")
+    report(results, args.json, summary=summary)
     return 0
 
 

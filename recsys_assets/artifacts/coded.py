@@ -129,7 +129,8 @@ def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Code
         return present[0][0]
     rows, row_maps = _union([coded.rows for coded, _ in present], what)
     columns, column_maps = _union([coded.columns for coded, _ in present], what)
-    dtype = _sum_dtype([coded.matrix.data for coded, _ in present])
+    values = [coded.matrix.data for coded, _ in present]
+    dtype = _sum_dtype(any(part.dtype == np.int32 for part in values), values)
     matrices = [
         _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign, dtype)
         for (coded, sign), row_map, column_map in zip(present, row_maps, column_maps, strict=True)
@@ -140,10 +141,7 @@ def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Code
         # Positive sums cancel nothing: every id of the union keeps an entry.
         return Coded(rows, columns, total)
     total.eliminate_zeros()
-    if total.nnz and total.data.min() < 0:
-        raise ValueError(
-            f"{what}: subtracting a day left negative values; the day was not in the window"
-        )
+    _refuse_negative(total, what)
     return _pruned(Coded(rows, columns, total), in_place=fresh)
 
 
@@ -400,10 +398,11 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         return combine([(state.coded(), 1), *present], what)
     rows, row_maps = _union([state.rows, *[coded.rows for coded, _ in present]], what)
     columns, column_maps = _union([state.columns, *[coded.columns for coded, _ in present]], what)
-    bound = state.largest + sum(
-        max(int(coded.matrix.data.max()), -int(coded.matrix.data.min())) for coded, _ in present
+    dtype = _sum_dtype(
+        state.value_dtype == np.int32,
+        [coded.matrix.data for coded, _ in present],
+        state.largest,
     )
-    dtype = np.int32 if state.value_dtype == np.int32 and bound < 2**31 else np.int64
     delta = _tree_sum(
         [
             _recoded(coded.matrix, row_map, column_map, rows.len(), columns.len(), sign, dtype)
@@ -447,10 +446,7 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
             block = pending.popleft().result()
             if index + 2 * workers < len(spans):
                 pending.append(pool.submit(block_sum, *spans[index + 2 * workers]))
-            if block.nnz and block.data.min() < 0:
-                raise ValueError(
-                    f"{what}: subtracting a day left negative values; the day was not in the window"
-                )
+            _refuse_negative(block, what)
             out_indices[written : written + block.nnz] = block.indices
             out_data[written : written + block.nnz] = block.data
             out_indptr[low + 1 : high + 1] = written + block.indptr[1:]
@@ -550,13 +546,22 @@ def _recoded(
     return _csr(data, indices, indptr, n_columns)
 
 
-def _sum_dtype(values: list[np.ndarray]) -> type:
-    """int32 for a sum of terms of which one is int32 (a window state) when no partial sum
-    can leave int32: the absolute maxima add up to less than 2**31. int64 otherwise."""
-    if not any(part.dtype == np.int32 for part in values):
+def _sum_dtype(narrow: bool, values: list[np.ndarray], largest: int = 0) -> type:
+    """int32 for a sum of terms of which one is held in int32 (`narrow`: a window state)
+    when no partial sum can leave int32: the absolute maxima of `values`, plus `largest`
+    (a stored state's, known from its header), add up to less than 2**31. int64 otherwise."""
+    if not narrow:
         return np.int64
-    bound = sum(max(int(part.max()), -int(part.min())) for part in values if part.size)
+    bound = largest + sum(max(int(part.max()), -int(part.min())) for part in values if part.size)
     return np.int32 if bound < 2**31 else np.int64
+
+
+def _refuse_negative(total: sp.csr_matrix, what: str) -> None:
+    """A sum that took a day out must stay >= 0: a negative value means the day was never in."""
+    if total.nnz and total.data.min() < 0:
+        raise ValueError(
+            f"{what}: subtracting a day left negative values; the day was not in the window"
+        )
 
 
 def _tree_sum(matrices: list[sp.csr_matrix]) -> sp.csr_matrix:

@@ -53,7 +53,7 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
     candidates = None
     if row.size > 4 * k * np.count_nonzero(np.bincount(row - row.min())):
         # Long rows: first keep what reaches each row's k-th largest value.
-        candidates = np.flatnonzero(value >= _kth_largest(row, value, k))
+        candidates = reaching(row, value, k)
         row, value, tie = row[candidates], value[candidates], tie[candidates]
     order = _row_value_tie_order(row, _descending_rank(value), tie)
     # Sorted by row first: each row's run starts where the counts of the rows before end.
