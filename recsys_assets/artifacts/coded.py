@@ -17,7 +17,6 @@ day that left it) is identical to one summed from scratch.
 from __future__ import annotations
 
 import io
-from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import orjson
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_assets.artifacts.kernels import frozen, merge_rows, on_threads, spans
 from recsys_assets.artifacts.ranking import codes
 
 Buffer = Any  # bytes, mmap, memoryview: anything with the buffer protocol
@@ -386,12 +386,12 @@ def _check_bounds(stored: Stored, shape: list[int]) -> None:
 def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
     """`combine` of the stored state and `terms` (a window state, plus a day, minus another).
 
-    The terms are summed first; the state is then added to them a block of its rows at a
-    time, its codes and values widened and re-coded block by block, and each block's sum
-    written straight into the result's arrays. Whole widened copies of a state of tens of
-    millions of entries, and a second result of its size, would cost more than the sums:
-    fresh memory is slow to touch on a virtual machine, and a block's temporaries are
-    reused by the allocator.
+    The terms are summed first (a day or two: small); the state is then merged into them
+    in blocks of rows on the threads, read as stored (narrow codes and values) and never
+    widened whole: one pass counts each row's entries and the columns left, a second
+    writes the pruned sum straight into its arrays (`kernels.merge_rows`). Widened copies
+    of a state of tens of millions of entries, and the temporaries of a sparse sum, would
+    cost more than the sums: fresh memory is slow to touch on a virtual machine.
     """
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not state.nnz or not present:
@@ -416,46 +416,48 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         lengths = np.zeros(rows.len(), dtype=np.int64)
         lengths[row_maps[0]] = np.diff(indptr)
         indptr = np.concatenate(([0], np.cumsum(lengths)))
-    column_map = column_maps[0]
     index_dtype = np.int32 if columns.len() < 2**31 else np.int64
-    if column_map is not None:
-        column_map = column_map.astype(index_dtype)
-    size = state.nnz + delta.nnz
-    out_indices, out_data = np.empty(size, index_dtype), np.empty(size, dtype)
-    out_indptr = np.zeros(rows.len() + 1, dtype=np.int64)
+    state_columns = column_maps[0]
+    if state_columns is None:
+        state_columns = np.arange(columns.len())
+    arrays = (
+        frozen(indptr, np.int64),
+        frozen(state.indices, state.indices.dtype),
+        frozen(state.data, state.data.dtype),
+        state.scale,
+        frozen(state.overflow_at, np.int64),
+        frozen(state.overflow_values, np.int64),
+        frozen(state_columns, np.int64),
+        *(frozen(array, np.int64) for array in (delta.indptr, delta.indices, delta.data)),
+    )
+    row_lengths = np.empty(rows.len(), dtype=np.int64)
+    column_used = np.zeros(columns.len(), dtype=bool)
+    blocks = spans(indptr, _BLOCK)  # of whole rows, about _BLOCK state entries each
 
-    def block_sum(low: int, high: int) -> sp.csr_matrix:
-        first, last = int(indptr[low]), int(indptr[high])
-        codes = state.indices[first:last]
-        codes = column_map[codes] if column_map is not None else codes.astype(index_dtype)
-        values = state.values(first, last, dtype)
-        block = _csr(values, codes, indptr[low : high + 1] - first, columns.len()) + delta[low:high]
-        block.eliminate_zeros()
-        return block
+    def passes(*rest: Any) -> bool:
+        return any(on_threads(merge_rows, blocks, *arrays, *rest))
 
-    # Blocks of whole rows, about _BLOCK state entries each, summed a few at a time on the
-    # threads (scipy releases the GIL) and copied into the result in order.
-    starts = np.searchsorted(indptr, np.arange(0, state.nnz, _BLOCK), side="right") - 1
-    bounds = np.unique(np.r_[0, starts, rows.len()]).tolist()
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-    written = 0
-    workers = max(1, pl.thread_pool_size())
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = deque(pool.submit(block_sum, *span) for span in spans[: 2 * workers])
-        for index, (low, high) in enumerate(spans):
-            block = pending.popleft().result()
-            if index + 2 * workers < len(spans):
-                pending.append(pool.submit(block_sum, *spans[index + 2 * workers]))
-            _refuse_negative(block, what)
-            out_indices[written : written + block.nnz] = block.indices
-            out_data[written : written + block.nnz] = block.data
-            out_indptr[low + 1 : high + 1] = written + block.indptr[1:]
-            written += block.nnz
-    total = _csr(out_data[:written], out_indices[:written], out_indptr, columns.len())
-    # Positive terms cancel nothing: every id of the union keeps an entry.
-    if all(sign > 0 for _, sign in present):
-        return Coded(rows, columns, total)
-    return _pruned(Coded(rows, columns, total), in_place=True)
+    # The counting pass writes no entries; its unused arguments have the filling pass's
+    # types, so that both are one compiled function.
+    no_indices, no_values = np.empty(0, index_dtype), np.empty(0, dtype)
+    if passes(arrays[6], row_lengths, column_used, no_indices, no_values, False):
+        raise _negative_sum(what)
+    final_columns = np.cumsum(column_used) - 1
+    starts = np.zeros(rows.len() + 1, dtype=np.int64)
+    np.cumsum(row_lengths, out=starts[1:])
+    size = int(starts[-1])
+    out_indices, out_values = np.empty(size, index_dtype), np.empty(size, dtype)
+    row_kept = row_lengths > 0
+    row_lengths[:] = starts[:-1]  # where each row's entries go
+    final = frozen(final_columns, np.int64)
+    passes(final, row_lengths, column_used, out_indices, out_values, True)
+    # Ids left without an entry (a day taken out leaves some) are dropped.
+    if not row_kept.all():
+        rows = rows.filter(pl.Series(row_kept))
+        starts = np.concatenate(([0], starts[1:][row_kept]))
+    if not column_used.all():
+        columns = columns.filter(pl.Series(column_used))
+    return Coded(rows, columns, _csr(out_values, out_indices, starts, columns.len()))
 
 
 def _narrowest(largest: int) -> str:
@@ -559,9 +561,13 @@ def _sum_dtype(narrow: bool, values: list[np.ndarray], largest: int = 0) -> type
 def _refuse_negative(total: sp.csr_matrix, what: str) -> None:
     """A sum that took a day out must stay >= 0: a negative value means the day was never in."""
     if total.nnz and total.data.min() < 0:
-        raise ValueError(
-            f"{what}: subtracting a day left negative values; the day was not in the window"
-        )
+        raise _negative_sum(what)
+
+
+def _negative_sum(what: str) -> ValueError:
+    return ValueError(
+        f"{what}: subtracting a day left negative values; the day was not in the window"
+    )
 
 
 def _tree_sum(matrices: list[sp.csr_matrix]) -> sp.csr_matrix:

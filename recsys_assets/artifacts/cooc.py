@@ -15,6 +15,14 @@ import polars as pl
 
 from recsys_assets.artifacts.aggregates import Aggregate, as_coded
 from recsys_assets.artifacts.coded import Coded
+from recsys_assets.artifacts.kernels import (
+    anchor_columns,
+    anchor_floors,
+    anchor_top,
+    frozen,
+    on_threads,
+    spans,
+)
 from recsys_assets.artifacts.ranking import check_cap, codes, ids_at, nest
 
 
@@ -89,36 +97,44 @@ def _top_neighbors(
     then count descending, then neighbor.
 
     A pair is stored once, so an anchor's neighbors are its row (pairs where it comes first)
-    plus its column (where it comes second). Popular anchors pair with most items, so this
-    goes anchor by anchor (at most max_items_per_artifact of them) over slices of the CSR
-    and CSC forms, rather than materializing tens of millions of (anchor, neighbor) rows.
+    plus its column (where it comes second): the anchors' columns are gathered in one pass
+    over the pairs (`kernels.anchor_columns`), then each anchor's row and column are ranked
+    on their own, on the threads (`kernels.anchor_top`), rather than materializing tens of
+    millions of (anchor, neighbor) rows.
     """
-    is_anchor = np.zeros(max(first_item.max(initial=-1), second_item.max(initial=-1)) + 1, bool)
-    is_anchor[anchors] = True
-    # Position of an anchor in the pairs' row dictionary, and in the anchor columns.
-    row_of = {item: code for code, item in enumerate(first_item.tolist()) if is_anchor[item]}
-    anchor_columns = np.flatnonzero(is_anchor[second_item])
-    column_of = {item: code for code, item in enumerate(second_item[anchor_columns].tolist())}
-    by_row = pairs.matrix
-    by_column = pairs.matrix[:, anchor_columns].tocsc()  # a CSC of all pairs costs seconds
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for item in anchors.tolist():
-        neighbors, counts = [], []
-        if item in row_of:
-            lo, hi = by_row.indptr[row_of[item]], by_row.indptr[row_of[item] + 1]
-            neighbors.append(second_item[by_row.indices[lo:hi]])
-            counts.append(by_row.data[lo:hi])
-        if item in column_of:
-            lo, hi = by_column.indptr[column_of[item]], by_column.indptr[column_of[item] + 1]
-            neighbors.append(first_item[by_column.indices[lo:hi]])
-            counts.append(by_column.data[lo:hi])
-        neighbor, count = np.concatenate(neighbors), np.concatenate(counts)
-        if count.size > k:  # only what reaches the k-th largest count can be kept
-            reaching = count >= np.partition(count, count.size - k)[count.size - k]
-            neighbor, count = neighbor[reaching], count[reaching]
-        best = np.lexsort((neighbor, -count))[:k]
-        parts.append((np.full(best.size, item), neighbor[best], count[best]))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    anchor, neighbor, count = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return anchor, neighbor, count
+    matrix = pairs.matrix
+    if matrix.nnz and matrix.data.min() < 0:
+        raise ValueError("cooc_pairs counts must be >= 0")
+    # Position of each anchor in the pairs' row dictionary (-1: none), and each pairs'
+    # column's anchor slot (-1: not an anchor).
+    slot_of_item = np.full(max(first_item.max(initial=-1), second_item.max(initial=-1)) + 1, -1)
+    slot_of_item[anchors] = np.arange(anchors.size)
+    anchor_rows = np.full(anchors.size, -1)
+    in_rows = slot_of_item[first_item]
+    anchor_rows[in_rows[in_rows >= 0]] = np.flatnonzero(in_rows >= 0)
+    indptr, indices = frozen(matrix.indptr, np.int64), frozen(matrix.indices, matrix.indices.dtype)
+    values = frozen(matrix.data, matrix.data.dtype)
+    column_slot = frozen(slot_of_item[second_item], np.int64)
+    anchor_rows = frozen(anchor_rows, np.int64)
+    row_sizes = np.where(anchor_rows >= 0, np.diff(matrix.indptr)[anchor_rows], 0)
+    floors = np.empty(anchors.size, dtype=np.int64)
+    by_rows = spans(np.concatenate(([0], np.cumsum(row_sizes))), 1 << 20)
+    on_threads(anchor_floors, by_rows, anchor_rows, indptr, values, k, floors)
+    # The anchors' columns, counted by blocks of rows, then placed by slot and block.
+    blocks = [(block, *span) for block, span in enumerate(spans(matrix.indptr, 1 << 22))]
+    at = np.zeros((len(blocks), anchors.size), dtype=np.int64)
+    rows, found = np.empty(0, np.int64), np.empty(0, np.int64)
+    scan = (indptr, indices, values, column_slot, floors)
+    on_threads(anchor_columns, blocks, *scan, at, rows, found)
+    column_starts = np.concatenate(([0], np.cumsum(at.sum(axis=0))))
+    at = column_starts[:-1] + np.cumsum(at, axis=0) - at  # where each block's entries go
+    rows, found = np.empty(column_starts[-1], np.int64), np.empty(column_starts[-1], np.int64)
+    on_threads(anchor_columns, blocks, *scan, at, rows, found)
+    columns = (frozen(column_starts, np.int64), frozen(rows, np.int64), frozen(found, np.int64))
+    sizes = np.minimum(row_sizes + np.diff(columns[0]), k)
+    out_indptr = np.concatenate(([0], np.cumsum(sizes)))
+    neighbor, count = np.empty(out_indptr[-1], np.int64), np.empty(out_indptr[-1], np.int64)
+    items = (frozen(first_item, np.int64), frozen(second_item, np.int64))
+    arguments = (anchor_rows, indptr, indices, values, *columns, *items, k)
+    on_threads(anchor_top, spans(out_indptr, 1 << 16), *arguments, out_indptr, neighbor, count)
+    return np.repeat(anchors, sizes), neighbor, count

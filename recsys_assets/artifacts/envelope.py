@@ -181,7 +181,7 @@ class EncodedList(Sequence):
     (`parts`, written one after the other) so that a big list is never copied whole.
     """
 
-    def __init__(self, data: bytes | list[bytes], length: int) -> None:
+    def __init__(self, data: bytes | list[bytes | memoryview], length: int) -> None:
         self.parts = [data] if isinstance(data, bytes) else data
         self._length = length
         self._items: list[Any] | None = None
@@ -189,7 +189,9 @@ class EncodedList(Sequence):
     @property
     def data(self) -> bytes:
         """The list's bytes, whole."""
-        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        if len(self.parts) == 1 and isinstance(self.parts[0], bytes):
+            return self.parts[0]
+        return b"".join(self.parts)
 
     def __len__(self) -> int:
         return self._length

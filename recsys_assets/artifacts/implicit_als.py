@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
@@ -79,10 +78,7 @@ def implicit_payload(
     if users.len() == 0:
         return {"users": []}, stats
     matrix = counts.matrix.astype(np.float32)
-    activity = pl.DataFrame(
-        {"user": np.arange(users.len()), "activity": np.asarray(matrix.sum(axis=1)).ravel()}
-    )
-    kept = most_active(activity, key="user", activity="activity", k=max_users)["user"].to_numpy()
+    kept = most_active(np.asarray(matrix.sum(axis=1)).ravel(), max_users)
     stats["users_kept"] = int(kept.size)
 
     candidates = min(items.len(), max_items_per_user + _TIE_MARGIN)

@@ -14,8 +14,16 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+import scipy.sparse as sp
 
 from recsys_assets.artifacts.envelope import EncodedList
+from recsys_assets.artifacts.kernels import (
+    frozen,
+    nested_json,
+    on_threads,
+    spans,
+    top_k_rows,
+)
 
 
 def check_cap(name: str, value: object) -> None:
@@ -132,9 +140,23 @@ def _row_value_tie_order(row: np.ndarray, rank: np.ndarray, tie: np.ndarray) -> 
     return np.argsort(key, kind="stable")
 
 
-def most_active(frame: pl.DataFrame, *, key: str, activity: str, k: int) -> pl.DataFrame:
-    """The `k` rows with the largest `activity`, ties by `key` ascending; sorted by `key`."""
-    return frame.sort([activity, key], descending=[True, False]).head(k).sort(key)
+def most_active(activity: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the `k` largest `activity` values, ties by smaller position, sorted.
+
+    One partition of packed (activity rank, position) int64 keys for non-negative integers
+    (a million users in a few ms), a lexsort otherwise.
+    """
+    size = activity.size
+    if size <= k:
+        return np.arange(size)
+    position_bits = int(size - 1).bit_length()
+    if np.issubdtype(activity.dtype, np.integer) and activity.min() >= 0:
+        largest = int(activity.max())
+        if largest.bit_length() + position_bits <= 62:
+            key = (largest - activity.astype(np.int64)) << position_bits
+            key |= np.arange(size)
+            return np.sort(np.partition(key, k - 1)[:k] & ((1 << position_bits) - 1))
+    return np.sort(np.lexsort((np.arange(size), -activity))[:k])
 
 
 def nest(
@@ -166,7 +188,7 @@ def nest(
     return rows
 
 
-_NEST_PART = 1 << 18  # entries per part of a `nest_json` list (~8 MB of JSON)
+_NEST_PART = 1 << 18  # entries per block of `nest_json` or `top_k_of_rows` on the threads
 
 
 def nest_json(
@@ -183,9 +205,9 @@ def nest_json(
     """`nest` for integer values, written straight to JCS bytes (see `EncodedList`).
 
     Entry i is (rows[row[i]], items[item[i]], values[i]); `row` is non-decreasing and every
-    position of `rows` has an entry. Each entry's text carries what comes before it (its row's
-    opening, for a row's first entry) and after it (`,`, or its row's closing), so the array
-    is one join of one string column: no dict per entry, no intermediate text per row.
+    position of `rows` has an entry. The text is written once, into one buffer, by a
+    compiled loop (`kernels.nested_json`) over blocks of rows on the threads: no dict per
+    entry, no string column per piece.
     """
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"nest_json writes integer values, got {values.dtype}")
@@ -193,67 +215,90 @@ def nest_json(
         return EncodedList(b"[]", 0)
     if np.abs(values).max() > 2**53 - 1:
         raise ValueError("values beyond 2**53 - 1 have no exact JSON form (RFC 8785)")
-    first = np.r_[True, row[1:] != row[:-1]]
-    if np.count_nonzero(first) != rows.len():
-        raise ValueError(f"{rows.len()} rows but entries for {np.count_nonzero(first)}")
-    # A row is `{"user_id":"u","items":[` entries `]}`, members in JCS order; the array's
-    # `[` opens the first row and its `]` closes the last.
-    ids = json_strings(rows)
-    key, list_name = orjson.dumps(row_key).decode(), orjson.dumps(list_key).decode()
-    same = pl.Series([""] * rows.len())
-    if list_key < row_key:
-        openings, closings = same + f"{{{list_name}:[", f"],{key}:" + ids + "}"
+    if np.any(row[1:] < row[:-1]):
+        raise ValueError("nest_json entries must come grouped by row, in row order")
+    counts = np.bincount(row, minlength=rows.len())
+    if counts.size != rows.len() or not counts.all():
+        raise ValueError(f"{rows.len()} rows but entries for {np.count_nonzero(counts)}")
+    entry_indptr = np.concatenate(([0], np.cumsum(counts)))
+    # Members in JCS order: a row is `{"items":[...],"user_id":"u"}` or
+    # `{"item_id":"i","items":[...]}`, an entry `{"count":1,"item_id":"i"}` or
+    # `{"item_id":"i","score":1}`.
+    key, list_name, value_name = (orjson.dumps(name) for name in (row_key, list_key, value_key))
+    text_first = row_key < list_key
+    if text_first:
+        row_pieces = [b"{" + key + b":", b"," + list_name + b":[", b"]}", b""]
     else:
-        openings, closings = f"{{{key}:" + ids + f",{list_name}:[", same + "]}"
-    openings = pl.concat([pl.Series(["["]), same.slice(1)]) + openings
-    closings = closings + pl.Series([","] * (rows.len() - 1) + ["]"])
-    frame = pl.DataFrame(
-        {
-            "item": item,
-            "value": values,
-            "row": np.cumsum(first) - 1,
-            "first": first,
-            "last": np.r_[first[1:], True],
-        }
-    )
-    # One concatenation of all the pieces: each intermediate column would be a copy.
-    member = {"item_id": pl.lit(json_strings(items)).gather(pl.col("item"))}
-    text = pl.concat_str(
-        [
-            pl.lit(openings).gather(pl.when(pl.col("first")).then(pl.col("row"))),
-            *_object_parts({**member, value_key: pl.col("value").cast(pl.String)}),
-            pl.lit(closings).gather(pl.when(pl.col("last")).then(pl.col("row"))).fill_null(","),
-        ],
-        ignore_nulls=True,
-    ).str.join("")
-    # Written in parts of _NEST_PART entries, two at a time: a part's temporaries are small
-    # and reused, where the whole list at once would hold several columns of its size
-    # (fresh memory is slow to touch on a virtual machine). Each entry's text carries its
-    # row's opening and closing, so the parts can end anywhere.
-    ends = [*range(_NEST_PART, row.size, _NEST_PART), row.size]
-    queries = [
-        frame.lazy().slice(start, end - start).select(text)
-        for start, end in zip([0, *ends[:-1]], ends, strict=True)
+        row_pieces = [b"{" + list_name + b":[", b"", b"]," + key + b":", b"}"]
+    value_first = value_key < "item_id"
+    if value_first:
+        entry_pieces = [b"{" + value_name + b":", b',"item_id":', b"}"]
+    else:
+        entry_pieces = [b'{"item_id":', b"," + value_name + b":", b"}"]
+    arguments = [
+        frozen(entry_indptr, np.int64),
+        *_json_texts(rows),
+        *_json_texts(items),
+        frozen(item, np.int64),
+        frozen(values, np.int64),
+        *_joined(row_pieces),
+        text_first,
+        *_joined(entry_pieces),
+        value_first,
     ]
-    # Straight to bytes: a Python str would be one more copy (a cast inside the select costs
-    # several).
-    parts = [part.to_series().cast(pl.Binary).item() for part in pl.collect_all(queries)]
-    return EncodedList(parts, rows.len())
+    out_at = np.zeros(rows.len() + 1, dtype=np.int64)
+    out_at[0] = 1  # after the array's `[`
+    blocks = spans(entry_indptr, _NEST_PART)
+    empty = np.zeros(0, dtype=np.uint8)
+    on_threads(nested_json, blocks, *arguments, out_at, empty, False)
+    np.cumsum(out_at, out=out_at)
+    out = np.empty(int(out_at[-1]) + 1, dtype=np.uint8)
+    out[0], out[-1] = ord("["), ord("]")
+    on_threads(nested_json, blocks, *arguments, out_at, out, True)
+    return EncodedList([memoryview(out)], rows.len())
 
 
-def json_strings(ids: pl.Series) -> pl.Series:
-    """Each string as its JSON literal, quoted and escaped as orjson (and JCS) write it."""
-    return pl.Series([orjson.dumps(value).decode() for value in ids.to_list()], dtype=pl.String)
+def top_k_of_rows(
+    matrix: sp.csr_matrix, kept: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in `kept`, column, value) of the `k` largest values of each row `kept` of a
+    CSR matrix with values >= 0, by position, then value descending, then column.
+
+    `top_k_per_row` of those rows' entries, without gathering them first: a compiled loop
+    (`kernels.top_k_rows`) ranks each row on its own, on the threads.
+    """
+    if matrix.nnz and matrix.data.min() < 0:
+        raise ValueError("top_k_of_rows ranks values >= 0")
+    out_indptr = np.concatenate(([0], np.cumsum(np.minimum(np.diff(matrix.indptr)[kept], k))))
+    columns = np.empty(out_indptr[-1], dtype=np.int64)
+    values = np.empty(out_indptr[-1], dtype=np.int64)
+    arguments = (
+        frozen(matrix.indptr, np.int64),
+        frozen(matrix.indices, matrix.indices.dtype),
+        frozen(matrix.data, matrix.data.dtype),
+        frozen(kept, np.int64),
+        k,
+    )
+    on_threads(top_k_rows, spans(out_indptr, _NEST_PART), *arguments, out_indptr, columns, values)
+    position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(out_indptr))
+    return position, columns, values
 
 
-def _object_parts(members: dict[str, pl.Expr]) -> list[pl.Expr]:
-    """The pieces of a JSON object's text from its members' JSON texts, keys sorted as JCS
-    sorts them; `pl.concat_str` of them is the object."""
-    parts: list[pl.Expr] = []
-    for position, key in enumerate(sorted(members)):
-        opening = "{" if position == 0 else ","
-        parts += [pl.lit(f"{opening}{orjson.dumps(key).decode()}:"), members[key]]
-    return [*parts, pl.lit("}")]
+def _json_texts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each string's JSON literal, as orjson (and JCS) write it: (UTF-8 bytes, offsets)."""
+    if ids.str.contains(r'[\x00-\x1f"\\]').any():  # some need escapes
+        return _joined([orjson.dumps(value) for value in ids.to_list()])
+    offsets = np.zeros(ids.len() + 1, dtype=np.int64)
+    np.cumsum(ids.str.len_bytes().to_numpy() + 2, out=offsets[1:])
+    text = ('"' + ids + '"').str.join("").item().encode()
+    return np.frombuffer(text, dtype=np.uint8), frozen(offsets, np.int64)
+
+
+def _joined(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings as one uint8 array and the offsets where each starts (and the end)."""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(text) for text in texts], out=offsets[1:])
+    return np.frombuffer(b"".join(texts), dtype=np.uint8), frozen(offsets, np.int64)
 
 
 @contextmanager

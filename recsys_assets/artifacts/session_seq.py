@@ -34,6 +34,7 @@ from recsys_assets.artifacts.ranking import (
     nest,
     nest_json,
     reaching,
+    top_k_of_rows,
     top_k_per_row,
 )
 
@@ -86,23 +87,21 @@ def _users(
     activity = pl.DataFrame(
         {"user_id": user_item_counts.rows, "activity": user_item_counts.row_sums()}
     )
-    # Codes follow ids, so ranking by code breaks ties by id.
     scored = (
         pl.DataFrame({"user_id": user_transitions.rows})
-        .with_row_index("code")
         .join(activity, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("activity").fill_null(0))
     )
-    kept = most_active(scored, key="code", activity="activity", k=cap)["code"].to_numpy()
-    user, item, count = _rows(user_transitions, kept)
-    top = top_k_per_row(user, count, item, per_user)
+    # Codes follow ids, so ranking by code breaks ties by id.
+    kept = most_active(scored["activity"].to_numpy(), cap)
+    user, item, count = top_k_of_rows(user_transitions.matrix, kept, per_user)
     # Every kept user has a scored item, so each position of `kept` has a row.
     nested = nest_json(
         user_transitions.rows.gather(kept),
-        user[top],
+        user,
         user_transitions.columns,
-        item[top],
-        count[top],
+        item,
+        count,
         row_key="user_id",
         list_key="items",
         value_key="score",
@@ -113,8 +112,7 @@ def _users(
 def _transitions(
     item_transitions: Coded, per_item: int, cap: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    outgoing = pl.DataFrame({"activity": item_transitions.row_sums()}).with_row_index("code")
-    kept = most_active(outgoing, key="code", activity="activity", k=cap)["code"].to_numpy()
+    kept = most_active(item_transitions.row_sums(), cap)
     item, following, units = _rows(item_transitions, kept)
     # Rounding moves a score by half a step (10**-6) at most: only the entries within two
     # steps of their row's k-th largest can be kept, and only they are rounded (the top

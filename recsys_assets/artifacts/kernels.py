@@ -1,0 +1,339 @@
+"""Compiled loops (numba) for the passes that no array library makes in one go.
+
+A window's next day sums a stored state of tens of millions of entries with a day's
+difference, and session_seq writes millions of entries as JSON. With numpy and scipy each
+such step is several passes, each leaving a temporary of the whole size; fresh memory is
+slow to touch on a virtual machine, so the temporaries cost more than the arithmetic. The
+loops here read their inputs once, in the narrow types they are stored in, and write each
+result once, where it belongs.
+
+They release the GIL (callers run blocks of rows on threads) and are compiled once per
+machine (`cache=True`: the machine code is kept next to this file, or in numba's cache
+folder when that is read-only). numba compiles a function again for each combination of
+argument types, in seconds, so the callers hand arrays over `frozen`: read-only, and in
+int64 where they are small; the big ones keep their own types (a few per function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import polars as pl
+from numba import njit
+
+
+def frozen(array: np.ndarray, dtype: type) -> np.ndarray:
+    """`array` in `dtype`, read-only: the form of the kernels' input arrays (a writable
+    array is another type to numba)."""
+    array = np.ascontiguousarray(array, dtype=dtype).view()
+    array.flags.writeable = False
+    return array
+
+
+def spans(indptr: np.ndarray, entries: int) -> list[tuple[int, int]]:
+    """Ranges of rows of about `entries` entries each (rows whole), from a row pointer."""
+    starts = np.searchsorted(indptr, np.arange(0, int(indptr[-1]), entries), side="right") - 1
+    bounds = np.unique(np.r_[0, starts, indptr.size - 1]).tolist()
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def on_threads(kernel: Callable[..., Any], spans: list[tuple[int, ...]], *arguments: Any) -> list:
+    """`kernel(*span, *arguments)` for each span, on the threads (kernels release the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, pl.thread_pool_size())) as pool:
+        return list(pool.map(lambda span: kernel(*span, *arguments), spans))
+
+
+@njit(nogil=True, cache=True)
+def merge_rows(
+    low,
+    high,
+    state_indptr,
+    state_indices,
+    state_values,
+    scale,
+    overflow_at,
+    overflow_values,
+    state_columns,
+    delta_indptr,
+    delta_indices,
+    delta_values,
+    final_columns,
+    row_lengths,
+    column_used,
+    out_indices,
+    out_values,
+    fill,
+):
+    """Rows low..high-1 of (stored state) + delta, both with sorted columns per row.
+
+    Row pointers are over the sum's rows. The state is as stored: its column codes mapped
+    to the sum's by `state_columns`, its values times `scale`, except at the sorted
+    positions `overflow_at`, whose values are `overflow_values`. Counting (`fill` false):
+    each row's entries left non-zero go to `row_lengths`, their columns are marked in
+    `column_used`. Filling: `row_lengths` holds where each row's entries start, and they
+    are written there, columns through `final_columns` (the sum's codes to the pruned
+    ones). Returns whether a sum is negative.
+    """
+    negative = False
+    pending = np.searchsorted(overflow_at, state_indptr[low])
+    for row in range(low, high):
+        i, i_end = state_indptr[row], state_indptr[row + 1]
+        j, j_end = delta_indptr[row], delta_indptr[row + 1]
+        out = row_lengths[row] if fill else 0
+        length = 0
+        while i < i_end or j < j_end:
+            from_state = i < i_end
+            from_delta = j < j_end
+            column = 0
+            if from_state:
+                column = state_columns[state_indices[i]]
+            if from_delta:
+                other = delta_indices[j]
+                if from_state and other > column:
+                    from_delta = False
+                elif not from_state or other < column:
+                    from_state = False
+                    column = other
+            value = np.int64(0)
+            if from_state:
+                if pending < overflow_at.size and overflow_at[pending] == i:
+                    value = overflow_values[pending]
+                    pending += 1
+                else:
+                    value = np.int64(state_values[i]) * scale
+                i += 1
+            if from_delta:
+                value += delta_values[j]
+                j += 1
+            if value == 0:
+                continue
+            negative |= value < 0
+            if fill:
+                out_indices[out] = final_columns[column]
+                out_values[out] = value
+                out += 1
+            else:
+                column_used[column] = True
+                length += 1
+        if not fill:
+            row_lengths[row] = length
+    return negative
+
+
+@njit(nogil=True, cache=True)
+def top_k_rows(low, high, indptr, indices, values, rows, k, out_indptr, out_indices, out_values):
+    """The k largest values of each of `rows` (positions low..high-1 of it) of a CSR matrix
+    with values >= 0, ties by smaller column, written from `out_indptr[position]` on: by
+    value descending, then column."""
+    for position in range(low, high):
+        row = rows[position]
+        start, end = indptr[row], indptr[row + 1]
+        best, columns = _best(values[start:end].astype(np.int64), indices[start:end], k)
+        out = out_indptr[position]
+        out_values[out : out + best.size] = best
+        out_indices[out : out + best.size] = columns
+
+
+@njit(nogil=True, cache=True)
+def anchor_floors(low, high, anchor_rows, indptr, values, k, floors):
+    """For anchors low..high-1 (see `anchor_top`): the k-th largest value of the anchor's
+    row when it has k entries or more, else 0. Nothing below it can be one of the anchor's
+    k best, so `anchor_columns` leaves it out."""
+    for anchor in range(low, high):
+        row = anchor_rows[anchor]
+        size = indptr[row + 1] - indptr[row] if row >= 0 else 0
+        if size < k:
+            floors[anchor] = 0
+            continue
+        part = values[indptr[row] : indptr[row + 1]].astype(np.int64)
+        floors[anchor] = np.partition(part, size - k)[size - k]
+
+
+@njit(nogil=True, cache=True)
+def anchor_columns(block, low, high, indptr, indices, values, slot, floors, at, rows, found):
+    """The entries of rows low..high-1 of a CSR matrix in the columns that have a `slot`
+    (-1 for none) and a value >= the slot's floor: counted into `at[block, slot]`
+    (`rows` empty), or written from there on (their rows and values), in row order.
+    One pass each over the entries, by blocks on the threads: a CSC of the whole matrix
+    is not needed for a thousand columns, nor a copy of their entries that cannot rank."""
+    counting = rows.size == 0
+    starts = at[block]
+    for row in range(low, high):
+        for entry in range(indptr[row], indptr[row + 1]):
+            column_slot = slot[indices[entry]]
+            if column_slot < 0 or values[entry] < floors[column_slot]:
+                continue
+            if not counting:
+                rows[starts[column_slot]] = row
+                found[starts[column_slot]] = values[entry]
+            starts[column_slot] += 1
+
+
+@njit(nogil=True, cache=True)
+def anchor_top(
+    low,
+    high,
+    anchor_rows,
+    indptr,
+    indices,
+    values,
+    column_starts,
+    column_rows,
+    column_values,
+    first_item,
+    second_item,
+    k,
+    out_indptr,
+    out_neighbors,
+    out_counts,
+):
+    """The k best neighbors of anchors low..high-1 of a symmetric relation stored once per
+    pair: an anchor's row in the matrix (its pairs as first item; `anchor_rows` gives the
+    row, -1 for none) and its column (as second item, from `anchor_columns`). By count
+    descending, then neighbor item code; written from `out_indptr[anchor]` on."""
+    for anchor in range(low, high):
+        row = anchor_rows[anchor]
+        start, end = (indptr[row], indptr[row + 1]) if row >= 0 else (0, 0)
+        first, last = column_starts[anchor], column_starts[anchor + 1]
+        size = end - start + last - first
+        counts = np.empty(size, dtype=np.int64)
+        neighbors = np.empty(size, dtype=np.int64)
+        for entry in range(start, end):
+            counts[entry - start] = values[entry]
+            neighbors[entry - start] = second_item[indices[entry]]
+        for entry in range(first, last):
+            counts[end - start + entry - first] = column_values[entry]
+            neighbors[end - start + entry - first] = first_item[column_rows[entry]]
+        best, items = _best(counts, neighbors, k)
+        out = out_indptr[anchor]
+        out_counts[out : out + best.size] = best
+        out_neighbors[out : out + best.size] = items
+
+
+@njit(nogil=True, cache=True)
+def _best(values, ties, k):
+    """(values, ties) of the k largest `values` (>= 0), ties by smaller `tie` (>= 0): by
+    value descending, then tie. One int64 key per entry when both fit in it."""
+    if values.size == 0:
+        return values, ties.astype(np.int64)
+    largest = values.max()
+    tie_bits = _bits(ties.max())
+    if _bits(largest) + tie_bits <= 62:
+        keys = ((largest - values) << tie_bits) | ties
+        if keys.size > k:
+            keys = np.partition(keys, k - 1)[:k]
+        keys = np.sort(keys)
+        return largest - (keys >> tie_bits), keys & ((np.int64(1) << tie_bits) - 1)
+    order = np.argsort(ties, kind="mergesort")
+    order = order[np.argsort(largest - values[order], kind="mergesort")][:k]
+    return values[order], ties[order].astype(np.int64)
+
+
+@njit(nogil=True, cache=True)
+def _bits(value):
+    """Bits of a non-negative integer (0 for 0)."""
+    size = 0
+    while value > 0:
+        value >>= 1
+        size += 1
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _digits(value):
+    """Characters of an integer's decimal form."""
+    size = 1 if value >= 0 else 2
+    value = abs(value)
+    while value >= 10:
+        value //= 10
+        size += 1
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _copy(out, at, source, start, end):
+    for offset in range(end - start):
+        out[at + offset] = source[start + offset]
+    return at + end - start
+
+
+@njit(nogil=True, cache=True)
+def nested_json(
+    low,
+    high,
+    entry_indptr,
+    row_text,
+    row_text_at,
+    item_text,
+    item_text_at,
+    items,
+    values,
+    row_pieces,
+    row_pieces_at,
+    text_first,
+    entry_pieces,
+    entry_pieces_at,
+    value_first,
+    out_at,
+    out,
+    fill,
+):
+    """The JSON text of rows low..high-1 of a nested list (see `ranking.nest_json`).
+
+    Row r is `row_pieces` 0 to 3 with its text after piece 0 (`text_first`) or piece 2 and
+    its entries (entry_indptr[r] to entry_indptr[r+1]-1, joined by commas) after piece 1,
+    then a comma unless it is the last row. Entry e is `entry_pieces` 0 to 2 with the
+    item's text after piece 0 and the value's digits after piece 1, or the other way round
+    (`value_first`). Texts are UTF-8 bytes cut at their `_at` offsets. Sizing (`fill`
+    false): each row's size goes to `out_at[r + 1]`. Filling: row r is written from
+    `out_at[r]` on.
+    """
+    last_row = row_text_at.size - 2
+    for row in range(low, high):
+        at = out_at[row]
+        size = row_pieces_at[4] + row_text_at[row + 1] - row_text_at[row]
+        size += 1 if row < last_row else 0
+        first, end = entry_indptr[row], entry_indptr[row + 1]
+        for entry in range(first, end):
+            size += entry_pieces_at[3] + _digits(values[entry]) + (1 if entry > first else 0)
+            size += item_text_at[items[entry] + 1] - item_text_at[items[entry]]
+        if not fill:
+            out_at[row + 1] = size
+            continue
+        for part in range(4):
+            at = _copy(out, at, row_pieces, row_pieces_at[part], row_pieces_at[part + 1])
+            if (part == 0 and text_first) or (part == 2 and not text_first):
+                at = _copy(out, at, row_text, row_text_at[row], row_text_at[row + 1])
+            if part != 1:
+                continue
+            for entry in range(first, end):
+                if entry > first:
+                    out[at] = 44  # ,
+                    at += 1
+                item = items[entry]
+                at = _copy(out, at, entry_pieces, entry_pieces_at[0], entry_pieces_at[1])
+                for piece in range(2):
+                    if (piece == 0) == value_first:
+                        at = _write_integer(out, at, values[entry])
+                    else:
+                        at = _copy(out, at, item_text, item_text_at[item], item_text_at[item + 1])
+                    after = entry_pieces_at[piece + 1], entry_pieces_at[piece + 2]
+                    at = _copy(out, at, entry_pieces, *after)
+        if row < last_row:
+            out[at] = 44  # ,
+
+
+@njit(nogil=True, cache=True)
+def _write_integer(out, at, value):
+    """Write an integer's decimal form from `at`; returns where it ends."""
+    end = at + _digits(value)
+    number = abs(value)
+    for position in range(end - 1, at - 1, -1):
+        out[position] = 48 + number % 10
+        number //= 10
+    if value < 0:
+        out[at] = 45  # -
+    return end
