@@ -9,13 +9,19 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys_assets.artifacts.aggregates import EVENTS_SCHEMA, daily_aggregates, merge_aggregates
 from recsys_assets.artifacts.cooc import cooc_payload
 from recsys_assets.artifacts.popularity import popularity_payload
-from recsys_assets.artifacts.ranking import top_k_per_row
+from recsys_assets.artifacts.ranking import (
+    most_active,
+    reaching_of_rows,
+    top_k_of_rows,
+    top_k_per_row,
+)
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -210,3 +216,54 @@ def test_top_k_per_row_equals_sorting_each_row(entries, k):
         members = sorted(np.flatnonzero(row == r).tolist(), key=lambda i: (-value[i], tie[i]))
         expected.extend(members[:k])
     assert chosen.tolist() == expected
+
+
+matrices = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 6), st.integers(1, 40)), max_size=60
+).map(lambda entries: list({(row, column): value for row, column, value in entries}.items()))
+
+
+def csr_of(entries, scale: int) -> sp.csr_matrix:
+    rows = [key[0] for key, _ in entries]
+    columns = [key[1] for key, _ in entries]
+    values = np.array([value for _, value in entries], dtype=np.int64) * scale
+    matrix = sp.csr_matrix((values, (rows, columns)), shape=(6, 7))
+    matrix.sort_indices()
+    return matrix
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices, st.integers(1, 5), st.sampled_from([1, 2**31, 2**56]), st.data())
+def test_the_top_k_of_kept_rows_equals_sorting_those_rows(entries, k, scale, data):
+    """Values past 32 bits (`scale`) take the kernel's other ordering, and rank the same."""
+    matrix = csr_of(entries, scale)
+    kept = np.array(data.draw(st.lists(st.integers(0, 5), unique=True).map(sorted)), dtype=int)
+    position, column, value = top_k_of_rows(matrix, kept, k)
+    expected = []
+    for at, row in enumerate(kept.tolist()):
+        members = zip(matrix[row].indices.tolist(), matrix[row].data.tolist(), strict=True)
+        best = sorted(members, key=lambda member: (-member[1], member[0]))[:k]
+        expected += [(at, c, v) for c, v in best]
+    assert list(zip(position.tolist(), column.tolist(), value.tolist(), strict=True)) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices, st.integers(1, 5), st.sampled_from([0, 1, 2.5]), st.data())
+def test_reaching_of_kept_rows_keeps_what_can_reach_their_k_th_largest(entries, k, slack, data):
+    matrix = csr_of(entries, 1)
+    kept = np.array(data.draw(st.lists(st.integers(0, 5), unique=True).map(sorted)), dtype=int)
+    position, column, value = reaching_of_rows(matrix, kept, k, slack)
+    expected = []
+    for at, row in enumerate(kept.tolist()):
+        values = matrix[row].data.tolist()
+        floor = sorted(values)[-k] - slack if len(values) > k else -np.inf
+        columns = matrix[row].indices.tolist()
+        expected += [(at, c, v) for c, v in zip(columns, values, strict=True) if v >= floor]
+    assert list(zip(position.tolist(), column.tolist(), value.tolist(), strict=True)) == expected
+
+
+@given(st.lists(st.integers(0, 9), max_size=40), st.integers(1, 12), st.booleans())
+def test_most_active_keeps_the_largest_with_ties_by_position(activity, k, as_float):
+    values = np.array(activity, dtype=np.float32 if as_float else np.int64)
+    ranked = sorted(range(len(activity)), key=lambda at: (-activity[at], at))
+    assert most_active(values, k).tolist() == sorted(ranked[:k])

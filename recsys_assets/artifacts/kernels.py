@@ -138,6 +138,30 @@ def top_k_rows(low, high, indptr, indices, values, rows, k, out_indptr, out_indi
 
 
 @njit(nogil=True, cache=True)
+def reaching_rows(low, high, indptr, indices, values, rows, k, slack, at, columns, found, fill):
+    """The entries of `rows` (positions low..high-1 of it) of a CSR matrix whose value is at
+    least their row's k-th largest minus `slack` (`ranking.reaching_of_rows`). Counting (`fill`
+    false): each position's number goes to `at[position + 1]`. Filling: their columns and
+    values are written from `at[position]` on, in the row's order."""
+    for position in range(low, high):
+        row = rows[position]
+        start, end = indptr[row], indptr[row + 1]
+        floor = -np.inf
+        if end - start > k:
+            part = values[start:end].astype(np.float64)
+            floor = np.partition(part, end - start - k)[end - start - k] - slack
+        out = at[position] if fill else 0
+        for entry in range(start, end):
+            if values[entry] >= floor:
+                if fill:
+                    columns[out] = indices[entry]
+                    found[out] = values[entry]
+                out += 1
+        if not fill:
+            at[position + 1] = out
+
+
+@njit(nogil=True, cache=True)
 def anchor_floors(low, high, anchor_rows, indptr, values, k, floors):
     """For anchors low..high-1 (see `anchor_top`): the k-th largest value of the anchor's
     row when it has k entries or more, else 0. Nothing below it can be one of the anchor's

@@ -21,6 +21,7 @@ from recsys_assets.artifacts.kernels import (
     frozen,
     nested_json,
     on_threads,
+    reaching_rows,
     spans,
     top_k_rows,
 )
@@ -72,13 +73,12 @@ def top_k_per_row(row: np.ndarray, value: np.ndarray, tie: np.ndarray, k: int) -
     return kept if candidates is None else candidates[kept]
 
 
-def reaching(row: np.ndarray, value: np.ndarray, k: int, slack: int | float = 0) -> np.ndarray:
-    """Indices of the entries whose value is at least their row's k-th largest minus `slack`:
-    all that a top-k of the row can keep, also after a transformation of the values that
-    moves none of them by more than `slack` / 2 (rounding)."""
+def reaching(row: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the entries whose value is at least their row's k-th largest: all that a
+    top-k of the row can keep."""
     if row.size == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(value >= _kth_largest(row, value, k) - slack)
+    return np.flatnonzero(value >= _kth_largest(row, value, k))
 
 
 def _kth_largest(row: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
@@ -282,6 +282,32 @@ def top_k_of_rows(
     on_threads(top_k_rows, spans(out_indptr, _NEST_PART), *arguments, out_indptr, columns, values)
     position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(out_indptr))
     return position, columns, values
+
+
+def reaching_of_rows(
+    matrix: sp.csr_matrix, kept: np.ndarray, k: int, slack: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in `kept`, column, value) of the entries of the rows `kept` of a CSR
+    matrix whose value is at least their row's k-th largest minus `slack`, by position then
+    column: all that a top-k of the row can keep, also after a change of the values that
+    moves none by more than `slack` / 2 (rounding). The rows are not gathered first
+    (`kernels.reaching_rows`)."""
+    arguments = (
+        frozen(matrix.indptr, np.int64),
+        frozen(matrix.indices, matrix.indices.dtype),
+        frozen(matrix.data, matrix.data.dtype),
+        frozen(kept, np.int64),
+        k,
+        float(slack),
+    )
+    at = np.zeros(kept.size + 1, dtype=np.int64)
+    blocks = spans(np.concatenate(([0], np.cumsum(np.diff(matrix.indptr)[kept]))), _NEST_PART)
+    empty = np.empty(0, dtype=np.int64)
+    on_threads(reaching_rows, blocks, *arguments, at, empty, empty.astype(matrix.dtype), False)
+    np.cumsum(at, out=at)
+    columns, values = np.empty(at[-1], dtype=np.int64), np.empty(at[-1], dtype=matrix.dtype)
+    on_threads(reaching_rows, blocks, *arguments, at, columns, values, True)
+    return np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(at)), columns, values
 
 
 def _json_texts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:

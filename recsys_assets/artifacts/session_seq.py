@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
@@ -33,7 +32,7 @@ from recsys_assets.artifacts.ranking import (
     most_active,
     nest,
     nest_json,
-    reaching,
+    reaching_of_rows,
     top_k_of_rows,
     top_k_per_row,
 )
@@ -113,13 +112,11 @@ def _transitions(
     item_transitions: Coded, per_item: int, cap: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     kept = most_active(item_transitions.row_sums(), cap)
-    item, following, units = _rows(item_transitions, kept)
     # Rounding moves a score by half a step (10**-6) at most: only the entries within two
     # steps of their row's k-th largest can be kept, and only they are rounded (the top
     # rows hold millions of entries).
     step = TRANSITION_UNIT * 10.0**-SCORE_DECIMALS
-    near = reaching(item, units, per_item, slack=2 * step)
-    item, following, units = item[near], following[near], units[near]
+    item, following, units = reaching_of_rows(item_transitions.matrix, kept, per_item, 2 * step)
     score = round_scores(units / TRANSITION_UNIT)
     top = top_k_per_row(item, score, following, per_item)
     nested = nest(
@@ -134,10 +131,3 @@ def _transitions(
         "transition_items": item_transitions.rows.len(),
         "transition_rows_written": len(nested),
     }
-
-
-def _rows(coded: Coded, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(position in `kept`, column code, value) of the entries in the rows `kept`."""
-    rows = coded.matrix[kept]
-    position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(rows.indptr))
-    return position, rows.indices.astype(np.int64), rows.data
