@@ -411,15 +411,12 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
             )
         ]
     )
-    indptr = state.indptr
-    if row_maps[0] is not None:
-        lengths = np.zeros(rows.len(), dtype=np.int64)
-        lengths[row_maps[0]] = np.diff(indptr)
-        indptr = np.concatenate(([0], np.cumsum(lengths)))
+    indptr = _spread(state.indptr, row_maps[0], rows.len())
     index_dtype = np.int32 if columns.len() < 2**31 else np.int64
     state_columns = column_maps[0]
-    if state_columns is None:
-        state_columns = np.arange(columns.len())
+    state_columns = frozen(
+        np.arange(columns.len()) if state_columns is None else state_columns, np.int64
+    )
     arrays = (
         frozen(indptr, np.int64),
         frozen(state.indices, state.indices.dtype),
@@ -427,7 +424,7 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         state.scale,
         frozen(state.overflow_at, np.int64),
         frozen(state.overflow_values, np.int64),
-        frozen(state_columns, np.int64),
+        state_columns,
         *(frozen(array, np.int64) for array in (delta.indptr, delta.indices, delta.data)),
     )
     row_lengths = np.empty(rows.len(), dtype=np.int64)
@@ -440,7 +437,7 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
     # The counting pass writes no entries; its unused arguments have the filling pass's
     # types, so that both are one compiled function.
     no_indices, no_values = np.empty(0, index_dtype), np.empty(0, dtype)
-    if passes(arrays[6], row_lengths, column_used, no_indices, no_values, False):
+    if passes(state_columns, row_lengths, column_used, no_indices, no_values, False):
         raise _negative_sum(what)
     final_columns = np.cumsum(column_used) - 1
     starts = np.zeros(rows.len() + 1, dtype=np.int64)
@@ -538,14 +535,20 @@ def _recoded(
     indices = matrix.indices
     if column_map is not None:
         indices = column_map.astype(indices.dtype, copy=False)[indices]
-    indptr = matrix.indptr
-    if row_map is not None:
-        counts = np.zeros(n_rows, dtype=np.int64)
-        counts[row_map] = np.diff(indptr)
-        indptr = np.concatenate(([0], np.cumsum(counts)))
+    indptr = _spread(matrix.indptr, row_map, n_rows)
     data = matrix.data.astype(dtype, copy=False)
     data = data if sign == 1 else data * sign
     return _csr(data, indices, indptr, n_columns)
+
+
+def _spread(indptr: np.ndarray, row_map: np.ndarray | None, n_rows: int) -> np.ndarray:
+    """A row pointer over `n_rows` rows of which the old row i is row `row_map[i]` (an
+    increasing map; None: the same rows), the new rows empty."""
+    if row_map is None:
+        return indptr
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    lengths[row_map] = np.diff(indptr)
+    return np.concatenate(([0], np.cumsum(lengths)))
 
 
 def _sum_dtype(narrow: bool, values: list[np.ndarray], largest: int = 0) -> type:

@@ -20,6 +20,7 @@ from recsys_assets.artifacts.kernels import (
     anchor_floors,
     anchor_top,
     frozen,
+    frozen_csr,
     on_threads,
     spans,
 )
@@ -112,8 +113,7 @@ def _top_neighbors(
     anchor_rows = np.full(anchors.size, -1)
     in_rows = slot_of_item[first_item]
     anchor_rows[in_rows[in_rows >= 0]] = np.flatnonzero(in_rows >= 0)
-    indptr, indices = frozen(matrix.indptr, np.int64), frozen(matrix.indices, matrix.indices.dtype)
-    values = frozen(matrix.data, matrix.data.dtype)
+    indptr, indices, values = frozen_csr(matrix)
     column_slot = frozen(slot_of_item[second_item], np.int64)
     anchor_rows = frozen(anchor_rows, np.int64)
     row_sizes = np.where(anchor_rows >= 0, np.diff(matrix.indptr)[anchor_rows], 0)

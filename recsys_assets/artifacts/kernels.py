@@ -33,6 +33,16 @@ def frozen(array: np.ndarray, dtype: type) -> np.ndarray:
     return array
 
 
+def frozen_csr(matrix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CSR matrix's (row pointer in int64, column codes, values), `frozen`; codes and
+    values keep their types."""
+    return (
+        frozen(matrix.indptr, np.int64),
+        frozen(matrix.indices, matrix.indices.dtype),
+        frozen(matrix.data, matrix.data.dtype),
+    )
+
+
 def spans(indptr: np.ndarray, entries: int) -> list[tuple[int, int]]:
     """Ranges of rows of about `entries` entries each (rows whole), from a row pointer."""
     starts = np.searchsorted(indptr, np.arange(0, int(indptr[-1]), entries), side="right") - 1
@@ -40,10 +50,10 @@ def spans(indptr: np.ndarray, entries: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def on_threads(kernel: Callable[..., Any], spans: list[tuple[int, ...]], *arguments: Any) -> list:
-    """`kernel(*span, *arguments)` for each span, on the threads (kernels release the GIL)."""
+def on_threads(kernel: Callable[..., Any], blocks: list[tuple[int, ...]], *arguments: Any) -> list:
+    """`kernel(*block, *arguments)` for each block, on the threads (kernels release the GIL)."""
     with ThreadPoolExecutor(max_workers=max(1, pl.thread_pool_size())) as pool:
-        return list(pool.map(lambda span: kernel(*span, *arguments), spans))
+        return list(pool.map(lambda block: kernel(*block, *arguments), blocks))
 
 
 @njit(nogil=True, cache=True)

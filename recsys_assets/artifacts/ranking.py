@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from recsys_assets.artifacts.envelope import EncodedList
 from recsys_assets.artifacts.kernels import (
     frozen,
+    frozen_csr,
     nested_json,
     on_threads,
     reaching_rows,
@@ -188,7 +189,7 @@ def nest(
     return rows
 
 
-_NEST_PART = 1 << 18  # entries per block of `nest_json` or `top_k_of_rows` on the threads
+_NEST_PART = 1 << 18  # entries per block of the row kernels below, on the threads
 
 
 def nest_json(
@@ -272,13 +273,7 @@ def top_k_of_rows(
     out_indptr = np.concatenate(([0], np.cumsum(np.minimum(np.diff(matrix.indptr)[kept], k))))
     columns = np.empty(out_indptr[-1], dtype=np.int64)
     values = np.empty(out_indptr[-1], dtype=np.int64)
-    arguments = (
-        frozen(matrix.indptr, np.int64),
-        frozen(matrix.indices, matrix.indices.dtype),
-        frozen(matrix.data, matrix.data.dtype),
-        frozen(kept, np.int64),
-        k,
-    )
+    arguments = (*frozen_csr(matrix), frozen(kept, np.int64), k)
     on_threads(top_k_rows, spans(out_indptr, _NEST_PART), *arguments, out_indptr, columns, values)
     position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(out_indptr))
     return position, columns, values
@@ -292,14 +287,7 @@ def reaching_of_rows(
     column: all that a top-k of the row can keep, also after a change of the values that
     moves none by more than `slack` / 2 (rounding). The rows are not gathered first
     (`kernels.reaching_rows`)."""
-    arguments = (
-        frozen(matrix.indptr, np.int64),
-        frozen(matrix.indices, matrix.indices.dtype),
-        frozen(matrix.data, matrix.data.dtype),
-        frozen(kept, np.int64),
-        k,
-        float(slack),
-    )
+    arguments = (*frozen_csr(matrix), frozen(kept, np.int64), k, float(slack))
     at = np.zeros(kept.size + 1, dtype=np.int64)
     blocks = spans(np.concatenate(([0], np.cumsum(np.diff(matrix.indptr)[kept]))), _NEST_PART)
     empty = np.empty(0, dtype=np.int64)
