@@ -27,7 +27,15 @@ import orjson
 import polars as pl
 import scipy.sparse as sp
 
-from recsys_assets.artifacts.kernels import frozen, merge_rows, on_threads, spans
+from recsys_assets.artifacts.kernels import (
+    count_at_least,
+    frozen,
+    merge_rows,
+    narrowed,
+    on_threads,
+    spans,
+    value_range,
+)
 from recsys_assets.artifacts.ranking import codes
 
 Buffer = Any  # bytes, mmap, memoryview: anything with the buffer protocol
@@ -213,13 +221,14 @@ def raw_bytes(coded: Coded) -> bytes:
 
 def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | memoryview]:
     """`raw_bytes` in pieces, narrowed a slice at a time: a stream to write a big state
-    without holding a second copy of it."""
+    without holding a second copy of it. Each piece is a fresh buffer."""
     matrix = coded.matrix
     values = _Values.of(matrix.data)
     arrays = {
         "indptr": (matrix.indptr, "<i8"),
         "indices": (matrix.indices, _narrowest(coded.columns.len() - 1)),
         "data": (matrix.data, values.dtype),
+        # Filled while the data is narrowed, which comes first.
         "overflow_at": (values.overflow_at, "<i8"),
         "overflow_values": (values.overflow_values, "<i8"),
     }
@@ -239,54 +248,66 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
     )
     yield _MAGIC + len(header).to_bytes(8, "little") + header
     yield from dictionaries.values()
+    listed = 0
     for name, (array, dtype) in arrays.items():
         for start in range(0, array.size, chunk_entries):
             piece = array[start : start + chunk_entries]
             if name == "data":
-                piece = values.stored(piece)
+                stored = np.empty(piece.size, dtype)
+                listed = narrowed(
+                    frozen(piece, piece.dtype),
+                    start,
+                    values.scale,
+                    values.limit,
+                    stored,
+                    values.overflow_at,
+                    values.overflow_values,
+                    listed,
+                )
+                piece = stored
             piece = piece.astype(dtype, copy=False)
             yield memoryview(np.ascontiguousarray(piece)).cast("B")
 
 
 @dataclass(frozen=True)
 class _Values:
-    """How `raw_chunks` stores an array of values (see `raw_bytes`)."""
+    """How `raw_chunks` stores an array of values (see `raw_bytes`): divided by `scale`, in
+    `dtype`; with `limit`, the values whose quotient reaches it are clipped to it and listed
+    apart in the overflow arrays (sized here, filled by `kernels.narrowed`)."""
 
     dtype: str
     scale: int
     largest: int
+    limit: int  # 0: none listed apart
     overflow_at: np.ndarray
     overflow_values: np.ndarray
 
     @classmethod
     def of(cls, data: np.ndarray) -> _Values:
-        none = np.zeros(0, dtype=np.int64)
-        largest = int(data.max()) if data.size else 0
+        data = frozen(data, data.dtype)
+        largest, divisor = (int(value) for value in value_range(data))
         if largest < 2**8:
-            return cls(_narrowest(largest), 1, largest, none, none)
-        scale = int(np.gcd.reduce(data[:4096]))
-        scale = int(np.gcd.reduce(data)) if scale > 1 else 1
+            return cls(_narrowest(largest), 1, largest, 0, *_overflow(0))
+        scale = divisor  # >= 1: not every value is 0
         # Bytes per form: plain in the narrowest type, or one or two bytes with the values
         # that do not fit listed apart (16 bytes each).
-        forms = {_narrowest(largest // scale): (data.size * _itemsize(largest // scale), None)}
-        for dtype, limit in (("<u1", 2**8 - 1), ("<u2", 2**16 - 1)):
-            if largest // scale >= limit:
-                over = np.count_nonzero(data >= limit * scale)
-                forms[dtype] = (data.size * np.dtype(dtype).itemsize + 16 * over, limit)
+        top = largest // scale
+        forms = {_narrowest(top): (data.size * _itemsize(top), 0, 0)}
+        if top >= 2**8 - 1:
+            over = count_at_least(data, (2**8 - 1) * scale, (2**16 - 1) * scale)
+            for (dtype, limit), listed in zip(
+                (("<u1", 2**8 - 1), ("<u2", 2**16 - 1)), over, strict=True
+            ):
+                if top >= limit:
+                    size = data.size * np.dtype(dtype).itemsize + 16 * listed
+                    forms[dtype] = (size, limit, int(listed))
         dtype = min(forms, key=lambda name: forms[name][0])
-        limit = forms[dtype][1]
-        if limit is None:
-            return cls(dtype, scale, largest, none, none)
-        at = np.flatnonzero(data >= limit * scale)
-        return cls(dtype, scale, largest, at, data[at].astype(np.int64))
+        _, limit, listed = forms[dtype]
+        return cls(dtype, scale, largest, limit, *_overflow(listed))
 
-    def stored(self, values: np.ndarray) -> np.ndarray:
-        """`values` as stored: divided by the scale, clipped where listed apart."""
-        if self.scale != 1:
-            values = values // self.scale
-        if self.overflow_at.size:
-            values = np.minimum(values, np.iinfo(self.dtype).max)
-        return values
+
+def _overflow(size: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
 
 
 def _itemsize(largest: int) -> int:

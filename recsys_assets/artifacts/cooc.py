@@ -21,6 +21,7 @@ from recsys_assets.artifacts.kernels import (
     anchor_top,
     frozen,
     frozen_csr,
+    grouped_order,
     on_threads,
     spans,
 )
@@ -120,16 +121,17 @@ def _top_neighbors(
     floors = np.empty(anchors.size, dtype=np.int64)
     by_rows = spans(np.concatenate(([0], np.cumsum(row_sizes))), 1 << 20)
     on_threads(anchor_floors, by_rows, anchor_rows, indptr, values, k, floors)
-    # The anchors' columns, counted by blocks of rows, then placed by slot and block.
-    blocks = [(block, *span) for block, span in enumerate(spans(matrix.indptr, 1 << 22))]
-    at = np.zeros((len(blocks), anchors.size), dtype=np.int64)
-    rows, found = np.empty(0, np.int64), np.empty(0, np.int64)
+    # The anchors' columns, gathered by blocks of rows, then grouped by slot (in row order).
     scan = (indptr, indices, values, column_slot, floors)
-    on_threads(anchor_columns, blocks, *scan, at, rows, found)
-    column_starts = np.concatenate(([0], np.cumsum(at.sum(axis=0))))
-    at = column_starts[:-1] + np.cumsum(at, axis=0) - at  # where each block's entries go
-    rows, found = np.empty(column_starts[-1], np.int64), np.empty(column_starts[-1], np.int64)
-    on_threads(anchor_columns, blocks, *scan, at, rows, found)
+    parts = on_threads(anchor_columns, spans(matrix.indptr, 1 << 22), *scan)
+    slots, rows, found = (
+        np.concatenate([np.zeros(0, np.int64), *(part[index] for part in parts)])
+        for index in range(3)
+    )
+    column_starts = np.zeros(anchors.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(slots, minlength=anchors.size), out=column_starts[1:])
+    order = grouped_order(frozen(slots, np.int64), column_starts[:-1].copy())
+    rows, found = rows[order], found[order]
     columns = (frozen(column_starts, np.int64), frozen(rows, np.int64), frozen(found, np.int64))
     sizes = np.minimum(row_sizes + np.diff(columns[0]), k)
     out_indptr = np.concatenate(([0], np.cumsum(sizes)))

@@ -187,23 +187,47 @@ def anchor_floors(low, high, anchor_rows, indptr, values, k, floors):
 
 
 @njit(nogil=True, cache=True)
-def anchor_columns(block, low, high, indptr, indices, values, slot, floors, at, rows, found):
+def anchor_columns(low, high, indptr, indices, values, slot, floors):
     """The entries of rows low..high-1 of a CSR matrix in the columns that have a `slot`
-    (-1 for none) and a value >= the slot's floor: counted into `at[block, slot]`
-    (`rows` empty), or written from there on (their rows and values), in row order.
-    One pass each over the entries, by blocks on the threads: a CSC of the whole matrix
-    is not needed for a thousand columns, nor a copy of their entries that cannot rank."""
-    counting = rows.size == 0
-    starts = at[block]
+    (-1 for none) and a value >= the slot's floor, in row order: (slot, row, value) arrays.
+
+    One pass over the entries, by blocks on the threads: a CSC of the whole matrix is not
+    needed for a thousand columns, nor a copy of their entries that cannot rank. Few
+    entries pass, so the arrays start small and grow by doubling."""
+    size = 0
+    slots = np.empty(1024, dtype=np.int64)
+    rows = np.empty(1024, dtype=np.int64)
+    found = np.empty(1024, dtype=np.int64)
     for row in range(low, high):
         for entry in range(indptr[row], indptr[row + 1]):
             column_slot = slot[indices[entry]]
             if column_slot < 0 or values[entry] < floors[column_slot]:
                 continue
-            if not counting:
-                rows[starts[column_slot]] = row
-                found[starts[column_slot]] = values[entry]
-            starts[column_slot] += 1
+            if size == slots.size:
+                slots, rows, found = _doubled(slots), _doubled(rows), _doubled(found)
+            slots[size] = column_slot
+            rows[size] = row
+            found[size] = values[entry]
+            size += 1
+    return slots[:size], rows[:size], found[:size]
+
+
+@njit(nogil=True, cache=True)
+def _doubled(array):
+    grown = np.empty(2 * array.size, dtype=array.dtype)
+    grown[: array.size] = array
+    return grown
+
+
+@njit(nogil=True, cache=True)
+def grouped_order(keys, starts):
+    """The stable order of `keys` by key (a counting sort): `starts[key]` is where key's
+    run begins (the counts' running sum); it is overwritten."""
+    order = np.empty(keys.size, dtype=np.int64)
+    for position in range(keys.size):
+        order[starts[keys[position]]] = position
+        starts[keys[position]] += 1
+    return order
 
 
 @njit(nogil=True, cache=True)
@@ -371,3 +395,47 @@ def _write_integer(out, at, value):
     if value < 0:
         out[at] = 45  # -
     return end
+
+
+@njit(nogil=True, cache=True)
+def value_range(values):
+    """(largest, common divisor) of integers >= 0; the divisor of all zeros is 0."""
+    largest = np.int64(0)
+    divisor = np.int64(0)
+    for entry in range(values.size):
+        value = np.int64(values[entry])
+        largest = max(largest, value)
+        if divisor == 1 or (divisor and value % divisor == 0):
+            continue
+        while value:  # Euclid: divisor = gcd(divisor, value)
+            divisor, value = value, divisor % value
+    return largest, divisor
+
+
+@njit(nogil=True, cache=True)
+def count_at_least(values, first, second):
+    """How many `values` are >= `first`, and how many >= `second`."""
+    above_first = 0
+    above_second = 0
+    for entry in range(values.size):
+        above_first += values[entry] >= first
+        above_second += values[entry] >= second
+    return above_first, above_second
+
+
+@njit(nogil=True, cache=True)
+def narrowed(values, offset, scale, limit, out, overflow_at, overflow_values, listed):
+    """`values` (entries offset.. of an array) divided by `scale` into `out` (a narrower
+    type); with `limit` > 0, a quotient >= limit is stored as `limit` and the entry listed
+    apart, from position `listed` on, at its position and with its full value. Returns
+    the number listed so far."""
+    for entry in range(values.size):
+        value = np.int64(values[entry])
+        stored = value if scale == 1 else value // scale
+        if limit and stored >= limit:
+            overflow_at[listed] = offset + entry
+            overflow_values[listed] = value
+            listed += 1
+            stored = limit
+        out[entry] = stored
+    return listed
