@@ -50,6 +50,7 @@ import scipy.sparse as sp
 
 from recsys_assets.artifacts.coded import (
     Coded,
+    Stored,
     coded_from_codes,
     coded_from_ids,
     combine,
@@ -83,7 +84,8 @@ AGGREGATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
 }
 PAIR_KINDS = ("cooc_pairs", "user_item_counts", "user_transitions", "item_transitions")
-Aggregate = pl.DataFrame | Coded
+# A window's sum of a pair kind may come as a Stored (its narrow form, see `coded.updated`).
+Aggregate = pl.DataFrame | Coded | Stored
 AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
     "item_counts": ("item_id",),
     "cooc_pairs": ("item_id", "neighbor_id"),
@@ -133,10 +135,10 @@ def as_frame(kind: str, aggregate: Aggregate) -> pl.DataFrame:
     )
 
 
-def as_coded(kind: str, aggregate: Aggregate) -> Coded:
-    """A pair aggregate in coded form, from either form."""
+def as_coded(kind: str, aggregate: Aggregate) -> Coded | Stored:
+    """A pair aggregate in coded form, from either form (a Stored is one)."""
     schema = _pair_schema(kind)
-    if isinstance(aggregate, Coded):
+    if isinstance(aggregate, Coded | Stored):
         return aggregate
     if dict(aggregate.schema) != schema:
         raise ValueError(f"{kind} frame has columns {dict(aggregate.schema)}, expected {schema}")

@@ -20,7 +20,8 @@ import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -30,10 +31,12 @@ import scipy.sparse as sp
 from recsys_assets.artifacts.kernels import (
     count_at_least,
     frozen,
+    frozen_csr,
     merge_rows,
     narrowed,
     on_threads,
     spans,
+    stored_row_sums,
     value_range,
 )
 from recsys_assets.artifacts.ranking import codes
@@ -65,11 +68,14 @@ class Coded:
 
     def totals(self) -> Coded:
         """Each row's sum, as one column (id ""): what a ranking of rows by volume needs."""
-        if not self.nnz:
-            return empty_coded()
-        size = self.rows.len()
-        matrix = _csr(self.row_sums(), np.zeros(size, np.int32), np.arange(size + 1), 1)
-        return Coded(self.rows, pl.Series([""], dtype=pl.String), matrix)
+        return _totals(self)
+
+    def value_arrays(self) -> ValueArrays:
+        """The arrays the compiled loops read (see `ValueArrays`): nothing listed apart."""
+        return ValueArrays(*frozen_csr(self.matrix), 1, _NONE, _NONE)
+
+    def has_negative(self) -> bool:
+        return bool(self.nnz and self.matrix.data.min() < 0)
 
     def where(self, keep: np.ndarray) -> Coded:
         """Only the entries where `keep` (a mask over the stored entries) holds."""
@@ -78,6 +84,31 @@ class Coded:
         indptr = np.concatenate(([0], np.cumsum(row_lengths, dtype=np.int64)))
         kept = _csr(matrix.data[keep], matrix.indices[keep], indptr, self.columns.len())
         return _pruned(Coded(self.rows, self.columns, kept))
+
+
+class ValueArrays(NamedTuple):
+    """A CSR matrix as the compiled loops read it, whatever form it is held in: entry e of
+    row r (indptr[r] <= e < indptr[r + 1]) is in column indices[e]; its value is
+    data[e] * scale, or the `overflow_values` of e where e is listed in `overflow_at`
+    (sorted). All read-only; int64 but for `indices` and `data`."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    scale: int
+    overflow_at: np.ndarray
+    overflow_values: np.ndarray
+
+
+_NONE = frozen(np.zeros(0, dtype=np.int64), np.int64)
+
+
+def _totals(coded: Coded | Stored) -> Coded:
+    if not coded.nnz:
+        return empty_coded()
+    size = coded.rows.len()
+    matrix = _csr(coded.row_sums(), np.zeros(size, np.int32), np.arange(size + 1), 1)
+    return Coded(coded.rows, pl.Series([""], dtype=pl.String), matrix)
 
 
 def empty_coded() -> Coded:
@@ -176,19 +207,31 @@ def parquet_bytes(coded: Coded) -> bytes:
     )
     buffer = io.BytesIO()
     # Uncompressed: reading a day back is on the path of every window update.
-    frame.write_parquet(buffer, compression="uncompressed", statistics=False)
+    # The dictionaries' length in the file's metadata: a reader decodes only that many rows
+    # of the id columns (null after; a view of 16 bytes each, whole, would cost more memory
+    # than the entries).
+    frame.write_parquet(
+        buffer,
+        compression="uncompressed",
+        statistics=False,
+        metadata={_IDS_KEY: str(max(coded.rows.len(), coded.columns.len()))},
+    )
     return buffer.getvalue()
 
 
 def read_parquet(data: bytes) -> Coded:
     """Read what `parquet_bytes` wrote."""
-    frame = pl.read_parquet(data)
-    if dict(frame.schema) != _PARQUET_SCHEMA:
-        raise ValueError(f"not a coded aggregate: columns {dict(frame.schema)}")
-    columns = frame["column_id"].drop_nulls()
-    indptr = np.concatenate(([0], np.cumsum(frame["row_length"].drop_nulls().to_numpy())))
-    matrix = _csr(frame["value"].to_numpy(), frame["column"].to_numpy(), indptr, columns.len())
-    return Coded(frame["row_id"].drop_nulls().rename(""), columns.rename(""), matrix)
+    ids = pl.read_parquet_metadata(data).get(_IDS_KEY)
+    entries = pl.read_parquet(data, columns=None if ids is None else ["column", "value"])
+    # Without the dictionaries' length (an older file), the whole table is read at once.
+    dictionaries = entries if ids is None else pl.read_parquet(data, n_rows=int(ids))
+    if dict(dictionaries.schema) != _PARQUET_SCHEMA:
+        raise ValueError(f"not a coded aggregate: columns {dict(dictionaries.schema)}")
+    columns = dictionaries["column_id"].drop_nulls()
+    row_lengths = dictionaries["row_length"].drop_nulls().to_numpy()
+    indptr = np.concatenate(([0], np.cumsum(row_lengths)))
+    matrix = _csr(entries["value"].to_numpy(), entries["column"].to_numpy(), indptr, columns.len())
+    return Coded(dictionaries["row_id"].drop_nulls().rename(""), columns.rename(""), matrix)
 
 
 _PARQUET_SCHEMA = {
@@ -198,6 +241,7 @@ _PARQUET_SCHEMA = {
     "row_length": pl.Int64(),
     "column_id": pl.String(),
 }
+_IDS_KEY = "recsys_assets.ids"  # Parquet metadata: rows that hold an id (see parquet_bytes)
 _MAGIC = b"recsys-assets coded v2\n"
 _SLICE = 1 << 22  # entries per slice of a pass over a big state's arrays
 _BLOCK = 1 << 20  # state entries per block of `updated`: temporaries of a few MB
@@ -219,9 +263,13 @@ def raw_bytes(coded: Coded) -> bytes:
     return b"".join(raw_chunks(coded))
 
 
-def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | memoryview]:
+def raw_chunks(coded: Coded | Stored, chunk_entries: int = _SLICE) -> Iterator[bytes | memoryview]:
     """`raw_bytes` in pieces, narrowed a slice at a time: a stream to write a big state
-    without holding a second copy of it. Each piece is a fresh buffer."""
+    without holding a second copy of it. A `Stored` (an updated state) is written in the
+    form it is held in."""
+    if isinstance(coded, Stored):
+        yield from _stored_chunks(coded, chunk_entries)
+        return
     matrix = coded.matrix
     values = _Values.of(matrix.data)
     arrays = {
@@ -238,15 +286,7 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
         [name, np.dtype(dtype).str, array.size * np.dtype(dtype).itemsize]
         for name, (array, dtype) in arrays.items()
     ]
-    header = orjson.dumps(
-        {
-            "shape": list(matrix.shape),
-            "parts": parts,
-            "scale": values.scale,
-            "largest": values.largest,
-        }
-    )
-    yield _MAGIC + len(header).to_bytes(8, "little") + header
+    yield _header(matrix.shape, parts, values.scale, values.largest)
     yield from dictionaries.values()
     listed = 0
     for name, (array, dtype) in arrays.items():
@@ -267,6 +307,32 @@ def raw_chunks(coded: Coded, chunk_entries: int = _SLICE) -> Iterator[bytes | me
                 piece = stored
             piece = piece.astype(dtype, copy=False)
             yield memoryview(np.ascontiguousarray(piece)).cast("B")
+
+
+def _header(shape: tuple[int, int], parts: list, scale: int, largest: int) -> bytes:
+    header = orjson.dumps(
+        {"shape": list(shape), "parts": parts, "scale": scale, "largest": largest}
+    )
+    return _MAGIC + len(header).to_bytes(8, "little") + header
+
+
+def _stored_chunks(stored: Stored, chunk_entries: int) -> Iterator[bytes | memoryview]:
+    arrays = {
+        "indptr": stored.indptr.astype("<i8", copy=False),
+        "indices": stored.indices,
+        "data": stored.data,
+        "overflow_at": stored.overflow_at.astype("<i8", copy=False),
+        "overflow_values": stored.overflow_values.astype("<i8", copy=False),
+    }
+    dictionaries = {"rows": _parquet(stored.rows), "columns": _parquet(stored.columns)}
+    parts = [[name, "parquet", len(part)] for name, part in dictionaries.items()]
+    parts += [[name, array.dtype.str, array.nbytes] for name, array in arrays.items()]
+    shape = (stored.rows.len(), stored.columns.len())
+    yield _header(shape, parts, stored.scale, stored.largest)
+    yield from dictionaries.values()
+    for array in arrays.values():
+        for start in range(0, array.size, chunk_entries):
+            yield memoryview(np.ascontiguousarray(array[start : start + chunk_entries])).cast("B")
 
 
 @dataclass(frozen=True)
@@ -341,7 +407,7 @@ class Stored:
     def values(self, first: int, last: int, dtype: type) -> np.ndarray:
         """The values of entries first..last-1, in `dtype` (one that holds them)."""
         values = self.data[first:last].astype(dtype)
-        if self.scale != 1:
+        if self.scale != 1 and values.size:  # (an empty state's scale may not fit dtype)
             values *= self.scale
         low, high = np.searchsorted(self.overflow_at, [first, last])
         values[self.overflow_at[low:high] - first] = self.overflow_values[low:high]
@@ -352,6 +418,44 @@ class Stored:
         values = self.values(0, self.nnz, self.value_dtype)
         matrix = _csr(values, self.indices, self.indptr, self.columns.len())
         return Coded(self.rows, self.columns, matrix)
+
+    # What a Coded offers, for the readers that take either: the compiled loops read the
+    # stored arrays (`value_arrays`); anything else reads the widened whole, made once.
+
+    @cached_property
+    def _wide(self) -> Coded:
+        return self.coded()
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        return self._wide.matrix
+
+    def row_codes(self) -> np.ndarray:
+        return np.repeat(np.arange(self.rows.len(), dtype=np.int64), np.diff(self.indptr))
+
+    def row_sums(self) -> np.ndarray:
+        return stored_row_sums(*self.value_arrays())
+
+    def totals(self) -> Coded:
+        return _totals(self)
+
+    def where(self, keep: np.ndarray) -> Coded:
+        return self._wide.where(keep)
+
+    def value_arrays(self) -> ValueArrays:
+        return ValueArrays(
+            frozen(self.indptr, np.int64),
+            frozen(self.indices, self.indices.dtype),
+            frozen(self.data, self.data.dtype),
+            self.scale,
+            frozen(self.overflow_at, np.int64),
+            frozen(self.overflow_values, np.int64),
+        )
+
+    def has_negative(self) -> bool:
+        """Never, for a state (its sums refuse them); checked for a damaged one."""
+        negative = self.data.dtype.kind == "i" and self.nnz and self.data.min() < 0
+        return bool(negative or (self.overflow_values.size and self.overflow_values.min() < 0))
 
 
 def read_raw(data: Buffer) -> Coded:
@@ -404,15 +508,21 @@ def _check_bounds(stored: Stored, shape: list[int]) -> None:
         raise ValueError("coded aggregate: its arrays do not fit its header")
 
 
-def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Coded:
+def updated(
+    state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggregate"
+) -> Stored | Coded:
     """`combine` of the stored state and `terms` (a window state, plus a day, minus another).
 
     The terms are summed first (a day or two: small); the state is then merged into them
     in blocks of rows on the threads, read as stored (narrow codes and values) and never
-    widened whole: one pass counts each row's entries and the columns left, a second
-    writes the pruned sum straight into its arrays (`kernels.merge_rows`). Widened copies
-    of a state of tens of millions of entries, and the temporaries of a sparse sum, would
-    cost more than the sums: fresh memory is slow to touch on a virtual machine.
+    widened: one pass counts each row's entries and the columns left, a second writes the
+    pruned sum straight into its arrays (`kernels.merge_rows`), in the state's own stored
+    form (a `Stored` in memory: narrow codes, values over the state's scale in its type,
+    the few that do not fit listed apart). That is what the state file holds and what the
+    builders read: widened copies of a state of tens of millions of entries would cost
+    more than the sums, as fresh memory is slow to touch on a virtual machine. When too many
+    values would be listed apart (a young window's counts outgrowing a byte), the sum is
+    written wide instead, as a `Coded`, and narrowed afresh when it is stored.
     """
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not state.nnz or not present:
@@ -433,7 +543,6 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         ]
     )
     indptr = _spread(state.indptr, row_maps[0], rows.len())
-    index_dtype = np.int32 if columns.len() < 2**31 else np.int64
     state_columns = column_maps[0]
     state_columns = frozen(
         np.arange(columns.len()) if state_columns is None else state_columns, np.int64
@@ -446,36 +555,58 @@ def updated(state: Stored, terms: Sequence[tuple[Coded, int]], what: str = "aggr
         frozen(state.overflow_at, np.int64),
         frozen(state.overflow_values, np.int64),
         state_columns,
-        *(frozen(array, np.int64) for array in (delta.indptr, delta.indices, delta.data)),
+        frozen(delta.indptr, np.int64),
+        *(frozen(array, array.dtype) for array in (delta.indices, delta.data)),
     )
     row_lengths = np.empty(rows.len(), dtype=np.int64)
     column_used = np.zeros(columns.len(), dtype=bool)
-    blocks = spans(indptr, _BLOCK)  # of whole rows, about _BLOCK state entries each
+    # Blocks of whole rows, about _BLOCK state entries each.
+    blocks = [(block, *span) for block, span in enumerate(spans(indptr, _BLOCK))]
+    block_stats = np.zeros((len(blocks), 2), dtype=np.int64)
+    value_type = state.data.dtype
+    cap = int(np.iinfo(value_type).max)
 
     def passes(*rest: Any) -> bool:
-        return any(on_threads(merge_rows, blocks, *arrays, *rest))
+        return any(on_threads(merge_rows, blocks, *arrays, *rest[:-1], block_stats, rest[-1]))
 
     # The counting pass writes no entries; its unused arguments have the filling pass's
-    # types, so that both are one compiled function.
-    no_indices, no_values = np.empty(0, index_dtype), np.empty(0, dtype)
-    if passes(state_columns, row_lengths, column_used, no_indices, no_values, False):
+    # types (in the stored form), so that both are one compiled function.
+    no_indices = np.empty(0, _narrowest(columns.len() - 1))
+    no_values, no_listed = np.empty(0, value_type), np.empty(0, np.int64)
+    counting = (no_indices, no_values, state.scale, cap, no_listed, no_listed, False)
+    if passes(state_columns, row_lengths, column_used, *counting):
         raise _negative_sum(what)
     final_columns = np.cumsum(column_used) - 1
     starts = np.zeros(rows.len() + 1, dtype=np.int64)
     np.cumsum(row_lengths, out=starts[1:])
     size = int(starts[-1])
-    out_indices, out_values = np.empty(size, index_dtype), np.empty(size, dtype)
+    listed = int(block_stats[:, 0].sum())
+    largest = int(block_stats[:, 1].max())
+    narrow = listed * 16 <= size  # listing apart costs at most a byte an entry
+    if narrow:
+        scale, index_type = state.scale, _narrowest(int(column_used.sum()) - 1)
+    else:  # wide: nothing listed apart
+        value_type, scale, cap, listed = dtype, 1, 2**63 - 1, 0
+        index_type = np.int32 if columns.len() < 2**31 else np.int64
+    out_indices, out_values = np.empty(size, index_type), np.empty(size, value_type)
+    overflow_at, overflow_values = np.empty(listed, np.int64), np.empty(listed, np.int64)
+    block_stats[:, 0] = np.cumsum(block_stats[:, 0]) - block_stats[:, 0]  # where each lists
     row_kept = row_lengths > 0
     row_lengths[:] = starts[:-1]  # where each row's entries go
     final = frozen(final_columns, np.int64)
-    passes(final, row_lengths, column_used, out_indices, out_values, True)
+    filling = (out_indices, out_values, scale, cap, overflow_at, overflow_values, True)
+    passes(final, row_lengths, column_used, *filling)
     # Ids left without an entry (a day taken out leaves some) are dropped.
     if not row_kept.all():
         rows = rows.filter(pl.Series(row_kept))
         starts = np.concatenate(([0], starts[1:][row_kept]))
     if not column_used.all():
         columns = columns.filter(pl.Series(column_used))
-    return Coded(rows, columns, _csr(out_values, out_indices, starts, columns.len()))
+    if not narrow:
+        return Coded(rows, columns, _csr(out_values, out_indices, starts, columns.len()))
+    return Stored(
+        rows, columns, starts, out_indices, out_values, overflow_at, overflow_values, scale, largest
+    )
 
 
 def _narrowest(largest: int) -> str:

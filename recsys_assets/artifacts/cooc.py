@@ -14,13 +14,12 @@ import numpy as np
 import polars as pl
 
 from recsys_assets.artifacts.aggregates import Aggregate, as_coded
-from recsys_assets.artifacts.coded import Coded
+from recsys_assets.artifacts.coded import Coded, Stored
 from recsys_assets.artifacts.kernels import (
     anchor_columns,
     anchor_floors,
     anchor_top,
     frozen,
-    frozen_csr,
     grouped_order,
     on_threads,
     spans,
@@ -93,7 +92,11 @@ def cooc_payload(
 
 
 def _top_neighbors(
-    pairs: Coded, first_item: np.ndarray, second_item: np.ndarray, anchors: np.ndarray, k: int
+    pairs: Coded | Stored,
+    first_item: np.ndarray,
+    second_item: np.ndarray,
+    anchors: np.ndarray,
+    k: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(anchor, neighbor, count) item codes of each anchor's k best neighbors, by anchor,
     then count descending, then neighbor.
@@ -104,8 +107,7 @@ def _top_neighbors(
     on their own, on the threads (`kernels.anchor_top`), rather than materializing tens of
     millions of (anchor, neighbor) rows.
     """
-    matrix = pairs.matrix
-    if matrix.nnz and matrix.data.min() < 0:
+    if pairs.has_negative():
         raise ValueError("cooc_pairs counts must be >= 0")
     # Position of each anchor in the pairs' row dictionary (-1: none), and each pairs'
     # column's anchor slot (-1: not an anchor).
@@ -114,15 +116,17 @@ def _top_neighbors(
     anchor_rows = np.full(anchors.size, -1)
     in_rows = slot_of_item[first_item]
     anchor_rows[in_rows[in_rows >= 0]] = np.flatnonzero(in_rows >= 0)
-    indptr, indices, values = frozen_csr(matrix)
+    matrix = pairs.value_arrays()  # as held: a window's sum stays in its narrow form
+    indptr, indices = matrix.indptr, matrix.indices
+    values = (matrix.data, matrix.scale, matrix.overflow_at, matrix.overflow_values)
     column_slot = frozen(slot_of_item[second_item], np.int64)
     anchor_rows = frozen(anchor_rows, np.int64)
     row_sizes = np.where(anchor_rows >= 0, np.diff(matrix.indptr)[anchor_rows], 0)
     floors = np.empty(anchors.size, dtype=np.int64)
     by_rows = spans(np.concatenate(([0], np.cumsum(row_sizes))), 1 << 20)
-    on_threads(anchor_floors, by_rows, anchor_rows, indptr, values, k, floors)
+    on_threads(anchor_floors, by_rows, anchor_rows, indptr, *values, k, floors)
     # The anchors' columns, gathered by blocks of rows, then grouped by slot (in row order).
-    scan = (indptr, indices, values, column_slot, floors)
+    scan = (indptr, indices, *values, column_slot, floors)
     parts = on_threads(anchor_columns, spans(matrix.indptr, 1 << 22), *scan)
     slots, rows, found = (
         np.concatenate([np.zeros(0, np.int64), *(part[index] for part in parts)])
@@ -137,6 +141,6 @@ def _top_neighbors(
     out_indptr = np.concatenate(([0], np.cumsum(sizes)))
     neighbor, count = np.empty(out_indptr[-1], np.int64), np.empty(out_indptr[-1], np.int64)
     items = (frozen(first_item, np.int64), frozen(second_item, np.int64))
-    arguments = (anchor_rows, indptr, indices, values, *columns, *items, k)
+    arguments = (anchor_rows, indptr, indices, *values, *columns, *items, k)
     on_threads(anchor_top, spans(out_indptr, 1 << 16), *arguments, out_indptr, neighbor, count)
     return np.repeat(anchors, sizes), neighbor, count

@@ -58,6 +58,7 @@ def on_threads(kernel: Callable[..., Any], blocks: list[tuple[int, ...]], *argum
 
 @njit(nogil=True, cache=True)
 def merge_rows(
+    block,
     low,
     high,
     state_indptr,
@@ -75,20 +76,33 @@ def merge_rows(
     column_used,
     out_indices,
     out_values,
+    out_scale,
+    out_cap,
+    out_overflow_at,
+    out_overflow_values,
+    block_stats,
     fill,
 ):
-    """Rows low..high-1 of (stored state) + delta, both with sorted columns per row.
+    """Rows low..high-1 (block number `block`) of (stored state) + delta, both with sorted
+    columns per row.
 
     Row pointers are over the sum's rows. The state is as stored: its column codes mapped
     to the sum's by `state_columns`, its values times `scale`, except at the sorted
-    positions `overflow_at`, whose values are `overflow_values`. Counting (`fill` false):
-    each row's entries left non-zero go to `row_lengths`, their columns are marked in
-    `column_used`. Filling: `row_lengths` holds where each row's entries start, and they
-    are written there, columns through `final_columns` (the sum's codes to the pruned
-    ones). Returns whether a sum is negative.
+    positions `overflow_at`, whose values are `overflow_values`. The sum is written in the
+    same form: a value v is stored as v / `out_scale` when that is a whole number below
+    `out_cap`, else as `out_cap` with (position, v) listed apart.
+
+    Counting (`fill` false): each row's entries left non-zero go to `row_lengths`, their
+    columns are marked in `column_used`; the block's number of values listed apart and its
+    largest value go to `block_stats[block]`. Filling: `row_lengths` holds where each row's
+    entries start and `block_stats[block, 0]` where the block's listed values start; the
+    entries are written there, columns through `final_columns` (the sum's codes to the
+    pruned ones). Returns whether a sum is negative.
     """
     negative = False
     pending = np.searchsorted(overflow_at, state_indptr[low])
+    listed = block_stats[block, 0] if fill else 0
+    largest = np.int64(0)
     for row in range(low, high):
         i, i_end = state_indptr[row], state_indptr[row + 1]
         j, j_end = delta_indptr[row], delta_indptr[row + 1]
@@ -121,75 +135,126 @@ def merge_rows(
             if value == 0:
                 continue
             negative |= value < 0
+            stored = value if out_scale == 1 else value // out_scale
+            apart = stored >= out_cap or stored * out_scale != value
             if fill:
                 out_indices[out] = final_columns[column]
-                out_values[out] = value
+                if apart:
+                    out_overflow_at[listed] = out
+                    out_overflow_values[listed] = value
+                    stored = out_cap
+                out_values[out] = stored
                 out += 1
             else:
                 column_used[column] = True
                 length += 1
+                largest = max(largest, value)
+            listed += apart
         if not fill:
             row_lengths[row] = length
+    if not fill:
+        block_stats[block, 0] = listed
+        block_stats[block, 1] = largest
     return negative
 
 
 @njit(nogil=True, cache=True)
-def top_k_rows(low, high, indptr, indices, values, rows, k, out_indptr, out_indices, out_values):
-    """The k largest values of each of `rows` (positions low..high-1 of it) of a CSR matrix
-    with values >= 0, ties by smaller column, written from `out_indptr[position]` on: by
-    value descending, then column."""
+def top_k_rows(
+    low,
+    high,
+    indptr,
+    indices,
+    values,
+    scale,
+    overflow_at,
+    overflow_values,
+    rows,
+    k,
+    out_indptr,
+    out_indices,
+    out_values,
+):
+    """The k largest values of each of `rows` (positions low..high-1 of it) of a matrix
+    held as `coded.ValueArrays` with values >= 0, ties by smaller column, written from
+    `out_indptr[position]` on: by value descending, then column."""
     for position in range(low, high):
         row = rows[position]
         start, end = indptr[row], indptr[row + 1]
-        best, columns = _best(values[start:end].astype(np.int64), indices[start:end], k)
+        exact = exact_values(values, start, end, scale, overflow_at, overflow_values)
+        best, columns = _best(exact, indices[start:end], k)
         out = out_indptr[position]
         out_values[out : out + best.size] = best
         out_indices[out : out + best.size] = columns
 
 
 @njit(nogil=True, cache=True)
-def reaching_rows(low, high, indptr, indices, values, rows, k, slack, at, columns, found, fill):
-    """The entries of `rows` (positions low..high-1 of it) of a CSR matrix whose value is at
-    least their row's k-th largest minus `slack` (`ranking.reaching_of_rows`). Counting (`fill`
-    false): each position's number goes to `at[position + 1]`. Filling: their columns and
-    values are written from `at[position]` on, in the row's order."""
+def reaching_rows(
+    low,
+    high,
+    indptr,
+    indices,
+    values,
+    scale,
+    overflow_at,
+    overflow_values,
+    rows,
+    k,
+    slack,
+    at,
+    columns,
+    found,
+    fill,
+):
+    """The entries of `rows` (positions low..high-1 of it) of a matrix held as
+    `coded.ValueArrays` whose value is at least their row's k-th largest minus `slack`
+    (`ranking.reaching_of_rows`). Counting (`fill` false): each position's number goes to
+    `at[position + 1]`. Filling: their columns and values are written from `at[position]`
+    on, in the row's order."""
     for position in range(low, high):
         row = rows[position]
         start, end = indptr[row], indptr[row + 1]
+        exact = exact_values(values, start, end, scale, overflow_at, overflow_values)
         floor = -np.inf
         if end - start > k:
-            part = values[start:end].astype(np.float64)
-            floor = np.partition(part, end - start - k)[end - start - k] - slack
+            floor = np.partition(exact.astype(np.float64), end - start - k)[end - start - k]
+            floor -= slack
         out = at[position] if fill else 0
         for entry in range(start, end):
-            if values[entry] >= floor:
+            if exact[entry - start] >= floor:
                 if fill:
                     columns[out] = indices[entry]
-                    found[out] = values[entry]
+                    found[out] = exact[entry - start]
                 out += 1
         if not fill:
             at[position + 1] = out
 
 
 @njit(nogil=True, cache=True)
-def anchor_floors(low, high, anchor_rows, indptr, values, k, floors):
+def anchor_floors(
+    low, high, anchor_rows, indptr, values, scale, overflow_at, overflow_values, k, floors
+):
     """For anchors low..high-1 (see `anchor_top`): the k-th largest value of the anchor's
     row when it has k entries or more, else 0. Nothing below it can be one of the anchor's
-    k best, so `anchor_columns` leaves it out."""
+    k best, so `anchor_columns` leaves it out. The matrix is held as `coded.ValueArrays`."""
     for anchor in range(low, high):
         row = anchor_rows[anchor]
         size = indptr[row + 1] - indptr[row] if row >= 0 else 0
         if size < k:
             floors[anchor] = 0
             continue
-        part = values[indptr[row] : indptr[row + 1]].astype(np.int64)
+        part = exact_values(
+            values, indptr[row], indptr[row + 1], scale, overflow_at, overflow_values
+        )
         floors[anchor] = np.partition(part, size - k)[size - k]
 
 
 @njit(nogil=True, cache=True)
-def anchor_columns(low, high, indptr, indices, values, slot, floors):
-    """The entries of rows low..high-1 of a CSR matrix in the columns that have a `slot`
-    (-1 for none) and a value >= the slot's floor, in row order: (slot, row, value) arrays.
+def anchor_columns(
+    low, high, indptr, indices, values, scale, overflow_at, overflow_values, slot, floors
+):
+    """The entries of rows low..high-1 of a matrix held as `coded.ValueArrays` in the
+    columns that have a `slot` (-1 for none) and a value >= the slot's floor, in row
+    order: (slot, row, value) arrays.
 
     One pass over the entries, by blocks on the threads: a CSC of the whole matrix is not
     needed for a thousand columns, nor a copy of their entries that cannot rank. Few
@@ -198,16 +263,21 @@ def anchor_columns(low, high, indptr, indices, values, slot, floors):
     slots = np.empty(1024, dtype=np.int64)
     rows = np.empty(1024, dtype=np.int64)
     found = np.empty(1024, dtype=np.int64)
+    pending = np.searchsorted(overflow_at, indptr[low])
     for row in range(low, high):
         for entry in range(indptr[row], indptr[row + 1]):
+            value = np.int64(values[entry]) * scale
+            if pending < overflow_at.size and overflow_at[pending] == entry:
+                value = overflow_values[pending]
+                pending += 1
             column_slot = slot[indices[entry]]
-            if column_slot < 0 or values[entry] < floors[column_slot]:
+            if column_slot < 0 or value < floors[column_slot]:
                 continue
             if size == slots.size:
                 slots, rows, found = _doubled(slots), _doubled(rows), _doubled(found)
             slots[size] = column_slot
             rows[size] = row
-            found[size] = values[entry]
+            found[size] = value
             size += 1
     return slots[:size], rows[:size], found[:size]
 
@@ -238,6 +308,9 @@ def anchor_top(
     indptr,
     indices,
     values,
+    scale,
+    overflow_at,
+    overflow_values,
     column_starts,
     column_rows,
     column_values,
@@ -249,9 +322,10 @@ def anchor_top(
     out_counts,
 ):
     """The k best neighbors of anchors low..high-1 of a symmetric relation stored once per
-    pair: an anchor's row in the matrix (its pairs as first item; `anchor_rows` gives the
-    row, -1 for none) and its column (as second item, from `anchor_columns`). By count
-    descending, then neighbor item code; written from `out_indptr[anchor]` on."""
+    pair: an anchor's row in the matrix (held as `coded.ValueArrays`: its pairs as first
+    item; `anchor_rows` gives the row, -1 for none) and its column (as second item, from
+    `anchor_columns`). By count descending, then neighbor item code; written from
+    `out_indptr[anchor]` on."""
     for anchor in range(low, high):
         row = anchor_rows[anchor]
         start, end = (indptr[row], indptr[row + 1]) if row >= 0 else (0, 0)
@@ -259,8 +333,10 @@ def anchor_top(
         size = end - start + last - first
         counts = np.empty(size, dtype=np.int64)
         neighbors = np.empty(size, dtype=np.int64)
+        counts[: end - start] = exact_values(
+            values, start, end, scale, overflow_at, overflow_values
+        )
         for entry in range(start, end):
-            counts[entry - start] = values[entry]
             neighbors[entry - start] = second_item[indices[entry]]
         for entry in range(first, last):
             counts[end - start + entry - first] = column_values[entry]
@@ -439,3 +515,32 @@ def narrowed(values, offset, scale, limit, out, overflow_at, overflow_values, li
             stored = limit
         out[entry] = stored
     return listed
+
+
+@njit(nogil=True, cache=True)
+def stored_row_sums(indptr, indices, values, scale, overflow_at, overflow_values):
+    """The sum of each row of a matrix held as `coded.ValueArrays` (`indices` unused)."""
+    sums = np.zeros(indptr.size - 1, dtype=np.int64)
+    for row in range(indptr.size - 1):
+        total = np.int64(0)
+        for entry in range(indptr[row], indptr[row + 1]):
+            total += values[entry]
+        sums[row] = total * scale
+    for listed in range(overflow_at.size):
+        entry = overflow_at[listed]
+        row = np.searchsorted(indptr, entry, side="right") - 1
+        sums[row] += overflow_values[listed] - np.int64(values[entry]) * scale
+    return sums
+
+
+@njit(nogil=True, cache=True)
+def exact_values(values, start, end, scale, overflow_at, overflow_values):
+    """The values of entries start..end-1 of a matrix held as `coded.ValueArrays`, in int64."""
+    out = np.empty(end - start, dtype=np.int64)
+    for entry in range(start, end):
+        out[entry - start] = np.int64(values[entry]) * scale
+    listed = np.searchsorted(overflow_at, start)
+    while listed < overflow_at.size and overflow_at[listed] < end:
+        out[overflow_at[listed] - start] = overflow_values[listed]
+        listed += 1
+    return out

@@ -9,23 +9,24 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 import polars as pl
-import scipy.sparse as sp
 
 from recsys_assets.artifacts.envelope import EncodedList
 from recsys_assets.artifacts.kernels import (
     frozen,
-    frozen_csr,
     nested_json,
     on_threads,
     reaching_rows,
     spans,
     top_k_rows,
 )
+
+if TYPE_CHECKING:  # coded imports this module
+    from recsys_assets.artifacts.coded import Coded, Stored
 
 
 def check_cap(name: str, value: object) -> None:
@@ -260,40 +261,44 @@ def nest_json(
 
 
 def top_k_of_rows(
-    matrix: sp.csr_matrix, kept: np.ndarray, k: int
+    matrix: Coded | Stored, kept: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(position in `kept`, column, value) of the `k` largest values of each row `kept` of a
-    CSR matrix with values >= 0, by position, then value descending, then column.
+    coded matrix with values >= 0, by position, then value descending, then column.
 
     `top_k_per_row` of those rows' entries, without gathering them first: a compiled loop
-    (`kernels.top_k_rows`) ranks each row on its own, on the threads.
+    (`kernels.top_k_rows`) ranks each row on its own, on the threads, reading the matrix in
+    the form it is held in (a window's sum stays narrow).
     """
-    if matrix.nnz and matrix.data.min() < 0:
+    if matrix.has_negative():
         raise ValueError("top_k_of_rows ranks values >= 0")
-    out_indptr = np.concatenate(([0], np.cumsum(np.minimum(np.diff(matrix.indptr)[kept], k))))
+    arrays = matrix.value_arrays()
+    lengths = np.diff(arrays.indptr)[kept]
+    out_indptr = np.concatenate(([0], np.cumsum(np.minimum(lengths, k))))
     columns = np.empty(out_indptr[-1], dtype=np.int64)
     values = np.empty(out_indptr[-1], dtype=np.int64)
-    arguments = (*frozen_csr(matrix), frozen(kept, np.int64), k)
+    arguments = (*arrays, frozen(kept, np.int64), k)
     on_threads(top_k_rows, spans(out_indptr, _NEST_PART), *arguments, out_indptr, columns, values)
     position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(out_indptr))
     return position, columns, values
 
 
 def reaching_of_rows(
-    matrix: sp.csr_matrix, kept: np.ndarray, k: int, slack: float
+    matrix: Coded | Stored, kept: np.ndarray, k: int, slack: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(position in `kept`, column, value) of the entries of the rows `kept` of a CSR
+    """(position in `kept`, column, value) of the entries of the rows `kept` of a coded
     matrix whose value is at least their row's k-th largest minus `slack`, by position then
     column: all that a top-k of the row can keep, also after a change of the values that
     moves none by more than `slack` / 2 (rounding). The rows are not gathered first
-    (`kernels.reaching_rows`)."""
-    arguments = (*frozen_csr(matrix), frozen(kept, np.int64), k, float(slack))
+    (`kernels.reaching_rows`); values come back in int64."""
+    arrays = matrix.value_arrays()
+    arguments = (*arrays, frozen(kept, np.int64), k, float(slack))
     at = np.zeros(kept.size + 1, dtype=np.int64)
-    blocks = spans(np.concatenate(([0], np.cumsum(np.diff(matrix.indptr)[kept]))), _NEST_PART)
+    blocks = spans(np.concatenate(([0], np.cumsum(np.diff(arrays.indptr)[kept]))), _NEST_PART)
     empty = np.empty(0, dtype=np.int64)
-    on_threads(reaching_rows, blocks, *arguments, at, empty, empty.astype(matrix.dtype), False)
+    on_threads(reaching_rows, blocks, *arguments, at, empty, empty, False)
     np.cumsum(at, out=at)
-    columns, values = np.empty(at[-1], dtype=np.int64), np.empty(at[-1], dtype=matrix.dtype)
+    columns, values = np.empty(at[-1], dtype=np.int64), np.empty(at[-1], dtype=np.int64)
     on_threads(reaching_rows, blocks, *arguments, at, columns, values, True)
     return np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(at)), columns, values
 

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
-from recsys_assets.artifacts.coded import Coded
+from recsys_assets.artifacts.coded import Coded, Stored
 from recsys_assets.artifacts.envelope import (
     SCORE_DECIMALS,
     EncodedList,
@@ -81,7 +81,10 @@ def session_seq_payload(
 
 
 def _users(
-    user_transitions: Coded, user_item_counts: Coded, cap: int, per_user: int
+    user_transitions: Coded | Stored,
+    user_item_counts: Coded | Stored,
+    cap: int,
+    per_user: int,
 ) -> tuple[EncodedList, dict[str, int]]:
     activity = pl.DataFrame(
         {"user_id": user_item_counts.rows, "activity": user_item_counts.row_sums()}
@@ -93,7 +96,7 @@ def _users(
     )
     # Codes follow ids, so ranking by code breaks ties by id.
     kept = most_active(scored["activity"].to_numpy(), cap)
-    user, item, count = top_k_of_rows(user_transitions.matrix, kept, per_user)
+    user, item, count = top_k_of_rows(user_transitions, kept, per_user)
     # Every kept user has a scored item, so each position of `kept` has a row.
     nested = nest_json(
         user_transitions.rows.gather(kept),
@@ -109,14 +112,14 @@ def _users(
 
 
 def _transitions(
-    item_transitions: Coded, per_item: int, cap: int
+    item_transitions: Coded | Stored, per_item: int, cap: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     kept = most_active(item_transitions.row_sums(), cap)
     # Rounding moves a score by half a step (10**-6) at most: only the entries within two
     # steps of their row's k-th largest can be kept, and only they are rounded (the top
     # rows hold millions of entries).
     step = TRANSITION_UNIT * 10.0**-SCORE_DECIMALS
-    item, following, units = reaching_of_rows(item_transitions.matrix, kept, per_item, 2 * step)
+    item, following, units = reaching_of_rows(item_transitions, kept, per_item, 2 * step)
     score = round_scores(units / TRANSITION_UNIT)
     top = top_k_per_row(item, score, following, per_item)
     nested = nest(

@@ -224,7 +224,7 @@ class _WindowStates:
         day: dt.date,
         markers: dict[dt.date, dict],
         day_aggregate: Callable[[dt.date, str], Aggregate],
-    ) -> tuple[Coded, str]:
+    ) -> tuple[Coded | Stored, str]:
         """The kind's sum over the days of `markers`, from a state when one is close."""
         wanted = {d.isoformat(): markers[d]["content_hashes"][self.source] for d in markers}
         for last in (day, day - dt.timedelta(days=1)):
@@ -244,7 +244,7 @@ class _WindowStates:
                 terms.append((old, -1))
             else:
                 if not add and not remove and last == day:
-                    summed, how = stored.coded(), "reused"
+                    summed, how = stored, "reused"
                 else:
                     try:
                         summed = updated(stored, terms, self.kind)
@@ -297,12 +297,12 @@ class _WindowStates:
         intact = _pool("check", 2).submit(lambda: _checksum(data) == marker["checksum"])
         return marker["days"], stored, intact
 
-    def _save(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
+    def _save(self, day: dt.date, days: dict[str, str], coded: Coded | Stored) -> None:
         """Write the state in the background (one writer thread for the process: states are
         written in the order their sums were made)."""
         self.saving.append(_pool("write", 1).submit(self._write, day, days, coded))
 
-    def _write(self, day: dt.date, days: dict[str, str], coded: Coded) -> None:
+    def _write(self, day: dt.date, days: dict[str, str], coded: Coded | Stored) -> None:
         """Write the state for `day` (data, then marker), then delete older ones.
 
         A state is only kept at the head: a re-run or backfill of an earlier day writes
