@@ -17,6 +17,7 @@ from recsys_assets.artifacts import coded as coded_module
 from recsys_assets.artifacts.aggregates import as_coded, as_frame, merge_aggregates
 from recsys_assets.artifacts.coded import (
     Coded,
+    Stored,
     coded_from_codes,
     coded_from_ids,
     combine,
@@ -264,3 +265,33 @@ def test_stored_arrays_that_point_outside_themselves_are_refused(part, change):
     data = raw_bytes(as_coded(KIND, day({("u1", "A"): 1, ("u1", "B"): 2, ("u2", "C"): 3})))
     with pytest.raises(ValueError, match="arrays do not fit its header"):
         read_stored(_with_part(data, part, change))
+
+
+def test_an_updated_state_keeps_its_narrow_form_and_its_exact_values():
+    """The sum is written as the state file holds it (one byte a value here, the few that
+    outgrow it listed apart), and reads back exactly; values at the type's largest that
+    were never listed apart (a plain one-byte state) stay exact too."""
+    values = np.r_[np.full(3000, 255), np.arange(1, 3001) % 200 + 1]
+    coded = _column_of(values)
+    state = read_stored(raw_bytes(coded))
+    assert state.data.dtype == np.uint8 and state.overflow_at.size == 0
+    users = pl.Series([f"u{index:05d}" for index in range(0, 6000, 600)])
+    grown = coded_from_ids(users, pl.Series(["A"] * 10), np.full(10, 7), "test")
+    slid = updated(state, [(grown, 1)], KIND)
+    expected = combine([(coded, 1), (grown, 1)], KIND)
+    assert isinstance(slid, Stored) and slid.data.dtype == np.uint8
+    assert slid.overflow_at.size == 5  # the 255s that grew past a byte (users 0 to 2400)
+    assert same(slid, expected)
+    assert slid.row_sums().tolist() == expected.row_sums().tolist()
+
+
+def test_a_state_whose_values_outgrow_its_form_is_widened():
+    """When more than one value in sixteen would be listed apart, the sum comes back wide
+    (and is narrowed afresh when it is stored)."""
+    values = 150 + np.arange(1000) % 100
+    state = read_stored(raw_bytes(_column_of(values)))
+    assert state.data.dtype == np.uint8
+    slid = updated(state, [(_column_of(np.full(1000, 100)), 1)], KIND)
+    assert isinstance(slid, Coded)
+    assert slid.matrix.data.tolist() == (values + 100).tolist()
+    assert read_stored(raw_bytes(slid)).data.dtype == np.uint16

@@ -244,7 +244,7 @@ _PARQUET_SCHEMA = {
 _IDS_KEY = "recsys_assets.ids"  # Parquet metadata: rows that hold an id (see parquet_bytes)
 _MAGIC = b"recsys-assets coded v2\n"
 _SLICE = 1 << 22  # entries per slice of a pass over a big state's arrays
-_BLOCK = 1 << 20  # state entries per block of `updated`: temporaries of a few MB
+_BLOCK = 1 << 20  # state entries per block of `updated`
 
 
 def raw_bytes(coded: Coded) -> bytes:
@@ -514,15 +514,14 @@ def updated(
     """`combine` of the stored state and `terms` (a window state, plus a day, minus another).
 
     The terms are summed first (a day or two: small); the state is then merged into them
-    in blocks of rows on the threads, read as stored (narrow codes and values) and never
-    widened: one pass counts each row's entries and the columns left, a second writes the
-    pruned sum straight into its arrays (`kernels.merge_rows`), in the state's own stored
-    form (a `Stored` in memory: narrow codes, values over the state's scale in its type,
-    the few that do not fit listed apart). That is what the state file holds and what the
-    builders read: widened copies of a state of tens of millions of entries would cost
-    more than the sums, as fresh memory is slow to touch on a virtual machine. When too many
-    values would be listed apart (a young window's counts outgrowing a byte), the sum is
-    written wide instead, as a `Coded`, and narrowed afresh when it is stored.
+    in one pass, by blocks of rows on the threads (`kernels.merge_rows`), read as stored
+    (narrow codes and values) and never widened. The sum is written in the state's own
+    stored form (a `Stored` in memory: narrow codes, values over the state's scale in its
+    type, the few that do not fit listed apart). That is what the state file holds and
+    what the builders read: widened copies of a state of tens of millions of entries would
+    cost more than the sums, as fresh memory is slow to touch on a virtual machine. When
+    too many values are listed apart (a young window's counts outgrowing a byte), the sum
+    is widened into a `Coded`, and narrowed afresh when it is stored.
     """
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not state.nnz or not present:
@@ -558,55 +557,68 @@ def updated(
         frozen(delta.indptr, np.int64),
         *(frozen(array, array.dtype) for array in (delta.indices, delta.data)),
     )
-    row_lengths = np.empty(rows.len(), dtype=np.int64)
+    # One pass, in blocks of whole rows of about _BLOCK state entries, each writing from
+    # where its rows would start if nothing cancelled (the sum of both row pointers): the
+    # arrays are sized for that, and only the pages written are ever touched. The blocks
+    # are then moved down over the few entries that cancelled.
+    listed_before = np.searchsorted(state.overflow_at, indptr)
+    bounds = [
+        (
+            low,
+            high,
+            int(indptr[low] + delta.indptr[low]),
+            int(listed_before[low] + delta.indptr[low]),
+        )
+        for low, high in spans(indptr, _BLOCK)
+    ]
+    value_type, cap = state.data.dtype, int(np.iinfo(state.data.dtype).max)
+    out_indices = np.empty(state.nnz + delta.nnz, _narrowest(columns.len() - 1))
+    out_values = np.empty(state.nnz + delta.nnz, value_type)
+    listed_at = np.empty(state.overflow_at.size + delta.nnz, np.int64)
+    listed_values = np.empty(state.overflow_at.size + delta.nnz, np.int64)
+    row_lengths = np.zeros(rows.len(), dtype=np.int64)
     column_used = np.zeros(columns.len(), dtype=bool)
-    # Blocks of whole rows, about _BLOCK state entries each.
-    blocks = [(block, *span) for block, span in enumerate(spans(indptr, _BLOCK))]
-    block_stats = np.zeros((len(blocks), 2), dtype=np.int64)
-    value_type = state.data.dtype
-    cap = int(np.iinfo(value_type).max)
-
-    def passes(*rest: Any) -> bool:
-        return any(on_threads(merge_rows, blocks, *arrays, *rest[:-1], block_stats, rest[-1]))
-
-    # The counting pass writes no entries; its unused arguments have the filling pass's
-    # types (in the stored form), so that both are one compiled function.
-    no_indices = np.empty(0, _narrowest(columns.len() - 1))
-    no_values, no_listed = np.empty(0, value_type), np.empty(0, np.int64)
-    counting = (no_indices, no_values, state.scale, cap, no_listed, no_listed, False)
-    if passes(state_columns, row_lengths, column_used, *counting):
+    outputs = (row_lengths, column_used, out_indices, out_values, state.scale, cap)
+    blocks = on_threads(merge_rows, bounds, *arrays, *outputs, listed_at, listed_values)
+    if any(negative for _, _, negative, _ in blocks):
         raise _negative_sum(what)
-    final_columns = np.cumsum(column_used) - 1
+    size = listed = 0
+    for (_, _, start, listed_start), (written, apart, _, _) in zip(bounds, blocks, strict=True):
+        if start != size:
+            out_indices[size : size + written] = out_indices[start : start + written]
+            out_values[size : size + written] = out_values[start : start + written]
+        at = listed_at[listed_start : listed_start + apart] - (start - size)
+        listed_values[listed : listed + apart] = listed_values[listed_start : listed_start + apart]
+        listed_at[listed : listed + apart] = at
+        size += written
+        listed += apart
+    overflow_at, overflow_values = listed_at[:listed], listed_values[:listed]
+    largest = max(block[3] for block in blocks)
+    out_indices, out_values = out_indices[:size], out_values[:size]
+    # Ids left without an entry (a day taken out leaves some) are dropped.
     starts = np.zeros(rows.len() + 1, dtype=np.int64)
     np.cumsum(row_lengths, out=starts[1:])
-    size = int(starts[-1])
-    listed = int(block_stats[:, 0].sum())
-    largest = int(block_stats[:, 1].max())
-    narrow = listed * 16 <= size  # listing apart costs at most a byte an entry
-    if narrow:
-        scale, index_type = state.scale, _narrowest(int(column_used.sum()) - 1)
-    else:  # wide: nothing listed apart
-        value_type, scale, cap, listed = dtype, 1, 2**63 - 1, 0
-        index_type = np.int32 if columns.len() < 2**31 else np.int64
-    out_indices, out_values = np.empty(size, index_type), np.empty(size, value_type)
-    overflow_at, overflow_values = np.empty(listed, np.int64), np.empty(listed, np.int64)
-    block_stats[:, 0] = np.cumsum(block_stats[:, 0]) - block_stats[:, 0]  # where each lists
     row_kept = row_lengths > 0
-    row_lengths[:] = starts[:-1]  # where each row's entries go
-    final = frozen(final_columns, np.int64)
-    filling = (out_indices, out_values, scale, cap, overflow_at, overflow_values, True)
-    passes(final, row_lengths, column_used, *filling)
-    # Ids left without an entry (a day taken out leaves some) are dropped.
     if not row_kept.all():
         rows = rows.filter(pl.Series(row_kept))
         starts = np.concatenate(([0], starts[1:][row_kept]))
     if not column_used.all():
         columns = columns.filter(pl.Series(column_used))
-    if not narrow:
-        return Coded(rows, columns, _csr(out_values, out_indices, starts, columns.len()))
-    return Stored(
-        rows, columns, starts, out_indices, out_values, overflow_at, overflow_values, scale, largest
+        out_indices = _mapped(np.cumsum(column_used) - 1, out_indices, in_place=True)
+    summed = Stored(
+        rows,
+        columns,
+        starts,
+        out_indices,
+        out_values,
+        overflow_at,
+        overflow_values,
+        state.scale,
+        int(largest),
     )
+    if overflow_at.size * 16 > size:  # listing apart costs more than a byte an entry
+        return summed.coded()  # wide: narrowed afresh when it is stored
+    return summed
 
 
 def _narrowest(largest: int) -> str:

@@ -58,9 +58,10 @@ def on_threads(kernel: Callable[..., Any], blocks: list[tuple[int, ...]], *argum
 
 @njit(nogil=True, cache=True)
 def merge_rows(
-    block,
     low,
     high,
+    out,
+    listed,
     state_indptr,
     state_indices,
     state_values,
@@ -71,43 +72,37 @@ def merge_rows(
     delta_indptr,
     delta_indices,
     delta_values,
-    final_columns,
     row_lengths,
     column_used,
     out_indices,
     out_values,
     out_scale,
     out_cap,
-    out_overflow_at,
-    out_overflow_values,
-    block_stats,
-    fill,
+    listed_at,
+    listed_values,
 ):
-    """Rows low..high-1 (block number `block`) of (stored state) + delta, both with sorted
-    columns per row.
+    """Rows low..high-1 of (stored state) + delta, both with sorted columns per row, written
+    from position `out` on, and their sums listed apart from position `listed` on; returns
+    (entries written, sums listed apart, whether a sum is negative, the largest sum).
 
     Row pointers are over the sum's rows. The state is as stored: its column codes mapped
     to the sum's by `state_columns`, its values times `scale`, except at the sorted
     positions `overflow_at`, whose values are `overflow_values`. The sum is written in the
-    same form: a value v is stored as v / `out_scale` when that is a whole number below
-    `out_cap`, else as `out_cap` with (position, v) listed apart.
-
-    Counting (`fill` false): each row's entries left non-zero go to `row_lengths`, their
-    columns are marked in `column_used`; the block's number of values listed apart and its
-    largest value go to `block_stats[block]`. Filling: `row_lengths` holds where each row's
-    entries start and `block_stats[block, 0]` where the block's listed values start; the
-    entries are written there, columns through `final_columns` (the sum's codes to the
-    pruned ones). Returns whether a sum is negative.
+    same form: a value v is stored as v / `out_scale` when that is a whole number up to
+    `out_cap` (the type's largest), else as `out_cap` and listed apart. Zeros are left
+    out; each row's number of entries goes to `row_lengths`, and the columns written are
+    marked in `column_used`.
+    In the state's own form (scale, cap), only a state entry listed apart or a sum with
+    the delta can be listed apart: that many places are enough.
     """
+    first, first_listed = out, listed
     negative = False
-    pending = np.searchsorted(overflow_at, state_indptr[low])
-    listed = block_stats[block, 0] if fill else 0
     largest = np.int64(0)
+    pending = np.searchsorted(overflow_at, state_indptr[low])
     for row in range(low, high):
         i, i_end = state_indptr[row], state_indptr[row + 1]
         j, j_end = delta_indptr[row], delta_indptr[row + 1]
-        out = row_lengths[row] if fill else 0
-        length = 0
+        row_start = out
         while i < i_end or j < j_end:
             from_state = i < i_end
             from_delta = j < j_end
@@ -135,27 +130,19 @@ def merge_rows(
             if value == 0:
                 continue
             negative |= value < 0
+            largest = max(largest, value)
+            column_used[column] = True
+            out_indices[out] = column
             stored = value if out_scale == 1 else value // out_scale
-            apart = stored >= out_cap or stored * out_scale != value
-            if fill:
-                out_indices[out] = final_columns[column]
-                if apart:
-                    out_overflow_at[listed] = out
-                    out_overflow_values[listed] = value
-                    stored = out_cap
-                out_values[out] = stored
-                out += 1
-            else:
-                column_used[column] = True
-                length += 1
-                largest = max(largest, value)
-            listed += apart
-        if not fill:
-            row_lengths[row] = length
-    if not fill:
-        block_stats[block, 0] = listed
-        block_stats[block, 1] = largest
-    return negative
+            if stored > out_cap or stored * out_scale != value:
+                listed_at[listed] = out
+                listed_values[listed] = value
+                listed += 1
+                stored = out_cap
+            out_values[out] = stored
+            out += 1
+        row_lengths[row] = out - row_start
+    return out - first, listed - first_listed, negative, largest
 
 
 @njit(nogil=True, cache=True)
