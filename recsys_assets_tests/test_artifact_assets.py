@@ -91,7 +91,10 @@ def test_next_day_of_a_window_updates_the_window_state(make_config, write_day, i
         assert execute(defs, "recsys_daily", f"{day}|demo__home", instance).success
         record = instance.get_latest_materialization_event(dg.AssetKey("cooc"))
         merges.append(record.asset_materialization.metadata["window_merge"].data)
-    assert merges == [{"cooc_pairs": "summed"}, {"cooc_pairs": "updated (+1 -0 days)"}]
+    assert merges == [
+        {"cooc_pairs": "summed", "item_counts": "summed"},
+        {"cooc_pairs": "updated (+1 -0 days)", "item_counts": "updated (+1 -0 days)"},
+    ]
     document, _ = staged(config, "cooc", "2026-01-01", "2026-01-03")
     assert document["neighbors"] == [
         {"item_id": "A", "items": [{"item_id": "B", "count": 1}, {"item_id": "C", "count": 1}]},

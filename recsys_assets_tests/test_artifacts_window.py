@@ -27,7 +27,7 @@ DAY0 = dt.date(2026, 1, 1)
 WINDOW = 3
 # Every daily kind, and the users' totals derived from user_item_counts.
 KINDS = [*AGGREGATE_KINDS, "user_activity"]
-STATE_KINDS = [*PAIR_KINDS, "user_activity"]
+STATE_KINDS = [*PAIR_KINDS, "user_activity", "item_counts"]
 
 
 def day_events(offset: int, salt: int = 0) -> pl.DataFrame:

@@ -1,8 +1,9 @@
 """Reading an artifact's window: the daily aggregates of its days, merged (SPEC §3, §4).
 
-item_counts and cooc_stats are small and summed from every day of the window. The pair kinds
-are large (a 28-day cooc window at 1M events a day holds ~50M pairs from ~100M daily rows),
-so each window's sum is kept as a *window state* next to the aggregates:
+cooc_stats is one row and summed from every day of the window. The pair kinds are large (a
+28-day cooc window at 1M events a day holds ~50M pairs from ~100M daily rows), so each
+window's sum is kept as a *window state* next to the aggregates (item_counts too, coded as
+one column: reading its every day costs more than its state):
 
     <tenant>/<surface>/windows/<kind>/<N>d-<params digest>/<last day>.bin  (+ .json)
 
@@ -39,13 +40,22 @@ import polars as pl
 import xxhash
 
 from recsys_assets.artifacts.aggregates import (
+    AGGREGATE_SCHEMAS,
     PAIR_KINDS,
     Aggregate,
     as_coded,
     daily_aggregates,
     merge_aggregates,
 )
-from recsys_assets.artifacts.coded import Coded, Stored, combine, raw_chunks, read_stored, updated
+from recsys_assets.artifacts.coded import (
+    Coded,
+    Stored,
+    coded_from_ids,
+    combine,
+    raw_chunks,
+    read_stored,
+    updated,
+)
 from recsys_assets.config import AppConfig, TenantSurface
 from recsys_assets.events.canonical import Partition
 from recsys_assets.events.store import (
@@ -61,6 +71,9 @@ STATE_FORMAT = 3
 # session_seq ranks users by their exposures, the row totals of user_item_counts, and a state
 # of ~1M totals is updated for a small part of the cost of the ~17M-entry matrix's.
 DERIVED_KINDS = {"user_activity": "user_item_counts"}
+# Frame kinds kept as window states too, coded as one column (id ""): item_counts is read from
+# every day of a window by popularity and cooc, a few ms a day.
+CODED_FRAME_KINDS = ("item_counts",)
 # Beyond this many days to add or take out, summing the window afresh is as cheap.
 _MAX_STATE_CHANGES = 4
 
@@ -154,9 +167,12 @@ def load_window(
 
     def merged(kind: str) -> tuple[Aggregate, str | None]:
         summed = kind in PAIR_KINDS or kind in DERIVED_KINDS
-        if summed and not recomputed and window_days > 1:
+        if (summed or kind in CODED_FRAME_KINDS) and not recomputed and window_days > 1:
             states = _WindowStates(store, entry, kind, window_days, params, saving)
-            return states.window(day, markers, day_aggregate)
+            if kind not in CODED_FRAME_KINDS:
+                return states.window(day, markers, day_aggregate)
+            total, how = states.window(day, markers, lambda d, k: _derived(k, day_aggregate(d, k)))
+            return _item_frame(total), how
         if summed:
             return combine([(day_aggregate(d, kind), 1) for d in markers], kind), "summed"
         return merge_aggregates(kind, [day_aggregate(d, kind) for d in markers]), None
@@ -194,10 +210,22 @@ def _pools(role: str, workers: int, pid: int) -> ThreadPoolExecutor:
 
 def _derived(kind: str, aggregate: Aggregate) -> Aggregate:
     """A day's aggregate of `kind` from the day's aggregate of its source kind (itself for
-    a daily kind; see DERIVED_KINDS)."""
+    a daily kind; see DERIVED_KINDS), or a frame kind's coded form (CODED_FRAME_KINDS)."""
+    if kind in CODED_FRAME_KINDS and isinstance(aggregate, pl.DataFrame):
+        frame = aggregate
+        column = pl.Series([""] * frame.height, dtype=pl.String)
+        return coded_from_ids(frame["item_id"], column, frame["count"].to_numpy(), kind)
     if kind not in DERIVED_KINDS:
         return aggregate
     return as_coded(DERIVED_KINDS[kind], aggregate).totals()
+
+
+def _item_frame(coded: Coded | Stored) -> pl.DataFrame:
+    """item_counts as a frame, by item id, from its window state's coded form."""
+    return pl.DataFrame(
+        {"item_id": coded.rows, "count": coded.row_sums()},
+        schema=AGGREGATE_SCHEMAS["item_counts"],
+    )
 
 
 @dataclass(frozen=True)
