@@ -22,6 +22,7 @@ from recsys_assets.artifacts.coded import (
     coded_from_ids,
     combine,
     empty_coded,
+    id_union,
     parquet_bytes,
     raw_bytes,
     read_parquet,
@@ -295,3 +296,25 @@ def test_a_state_whose_values_outgrow_its_form_is_widened():
     assert isinstance(slid, Coded)
     assert slid.matrix.data.tolist() == (values + 100).tolist()
     assert read_stored(raw_bytes(slid)).data.dtype == np.uint16
+
+
+ids_text = st.text(alphabet="ab\u00e9\U0001f600\x00", max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(ids_text, max_size=8).map(lambda ids: sorted(set(ids))), min_size=1, max_size=4
+    ),
+    st.sampled_from(["", "x", "user-000000"]),
+)
+def test_the_union_of_sorted_dictionaries_is_the_sorted_set_of_their_ids(dictionaries, prefix):
+    """By code point (UTF-8 byte order), ids that extend others, shared prefixes longer than
+    the 8 bytes compared at once, NULs and the empty id included."""
+    dictionaries = [[prefix + text for text in ids] for ids in dictionaries]
+    union, maps = id_union([pl.Series(ids, dtype=pl.String) for ids in dictionaries], "test")
+    expected = sorted(set().union(*dictionaries))
+    assert union.to_list() == expected
+    for ids, code_map in zip(dictionaries, maps, strict=True):
+        codes = range(len(ids)) if code_map is None else code_map.tolist()
+        assert [expected[code] for code in codes] == ids

@@ -35,6 +35,7 @@ from recsys_assets.artifacts.kernels import (
     merge_rows,
     narrowed,
     on_threads,
+    sorted_union,
     spans,
     stored_row_sums,
     value_range,
@@ -166,8 +167,8 @@ def combine(terms: Sequence[tuple[Coded, int]], what: str = "aggregate") -> Code
         return empty_coded()
     if len(present) == 1 and present[0][1] == 1:
         return present[0][0]
-    rows, row_maps = _union([coded.rows for coded, _ in present], what)
-    columns, column_maps = _union([coded.columns for coded, _ in present], what)
+    rows, row_maps = id_union([coded.rows for coded, _ in present], what)
+    columns, column_maps = id_union([coded.columns for coded, _ in present], what)
     values = [coded.matrix.data for coded, _ in present]
     dtype = _sum_dtype(any(part.dtype == np.int32 for part in values), values)
     matrices = [
@@ -526,8 +527,8 @@ def updated(
     present = [(coded, sign) for coded, sign in terms if coded.nnz]
     if not state.nnz or not present:
         return combine([(state.coded(), 1), *present], what)
-    rows, row_maps = _union([state.rows, *[coded.rows for coded, _ in present]], what)
-    columns, column_maps = _union([state.columns, *[coded.columns for coded, _ in present]], what)
+    rows, row_maps = id_union([state.rows, *[coded.rows for coded, _ in present]], what)
+    columns, column_maps = id_union([state.columns, *[coded.columns for coded, _ in present]], what)
     dtype = _sum_dtype(
         state.value_dtype == np.int32,
         [coded.matrix.data for coded, _ in present],
@@ -655,31 +656,38 @@ def _csr(values: np.ndarray, indices: np.ndarray, indptr, n_columns: int) -> sp.
     return matrix
 
 
-def _union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[np.ndarray | None]]:
+def id_union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[np.ndarray | None]]:
     """The sorted union of sorted id dictionaries, and each one's old-to-new code map.
 
-    One merge of the sorted runs, each id tagged with its dictionary: an id's new code counts
-    the distinct ids up to it, and a dictionary's map is the codes of its own ids, in order.
-    No hashing and no searching: that would cost more than the sums for a million user ids.
-    A map is None where the dictionary is already the union.
+    One merge of the sorted runs (`kernels.sorted_union`) over their UTF-8 bytes: an id's
+    new code counts the distinct ids up to it. No hashing and no searching: that would cost
+    more than the sums for a million user ids. A map is None where the dictionary is
+    already the union.
     """
-    merged = None
-    for source, dictionary in enumerate(dictionaries):
-        frame = dictionary.rename("id").to_frame().with_columns(source=pl.lit(source, pl.UInt16))
-        merged = frame if merged is None else merged.merge_sorted(frame, key="id")
-    ids, source = merged["id"], merged["source"]
-    previous = ids.shift(1)
-    new = ids.ne_missing(previous)
-    repeated = ~new & source.eq(source.shift(1))
-    if not ids.ge(previous).fill_null(True).all() or repeated.any():
+    ids = pl.concat([dictionary.rename("") for dictionary in dictionaries], rechunk=True)
+    starts = np.zeros(len(dictionaries) + 1, dtype=np.int64)
+    np.cumsum([dictionary.len() for dictionary in dictionaries], out=starts[1:])
+    codes, first, valid = sorted_union(*_utf8(ids), frozen(starts, np.int64))
+    if not valid:
         raise ValueError(f"{what}: id dictionaries must be sorted and unique")
-    code = new.cast(pl.Int64).cum_sum() - 1
-    union = ids.filter(new)
+    whole = [index for index, d in enumerate(dictionaries) if d.len() == first.size]
+    union = dictionaries[whole[0]].rename("") if whole else ids.gather(first)
     maps = [
-        None if dictionary.len() == union.len() else code.filter(source.eq(index)).to_numpy()
+        None if dictionary.len() == union.len() else codes[starts[index] : starts[index + 1]]
         for index, dictionary in enumerate(dictionaries)
     ]
-    return union.rename(""), maps
+    return union, maps
+
+
+def _utf8(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The ids' UTF-8 bytes, one after the other, and where each starts (and the end)."""
+    offsets = np.zeros(ids.len() + 1, dtype=np.int64)
+    np.cumsum(ids.str.len_bytes().to_numpy(), out=offsets[1:])
+    data = np.frombuffer(ids.str.join("").item().encode(), dtype=np.uint8) if ids.len() else _BYTES
+    return frozen(data, np.uint8), frozen(offsets, np.int64)
+
+
+_BYTES = np.zeros(0, dtype=np.uint8)
 
 
 def _recoded(

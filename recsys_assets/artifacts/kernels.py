@@ -531,3 +531,93 @@ def exact_values(values, start, end, scale, overflow_at, overflow_values):
         out[overflow_at[listed] - start] = overflow_values[listed]
         listed += 1
     return out
+
+
+@njit(nogil=True, cache=True)
+def _text_order(data, offsets, first, second):
+    """-1, 0 or 1 as text `first` sorts before, with or after text `second`: by bytes,
+    which is code point order for UTF-8."""
+    i, i_end = offsets[first], offsets[first + 1]
+    j, j_end = offsets[second], offsets[second + 1]
+    while i < i_end and j < j_end:
+        if data[i] != data[j]:
+            return -1 if data[i] < data[j] else 1
+        i += 1
+        j += 1
+    return (i < i_end) - (j < j_end)
+
+
+@njit(nogil=True, cache=True)
+def sorted_union(data, offsets, starts):
+    """The union of runs of sorted texts: run r is texts starts[r]..starts[r+1]-1 of the
+    UTF-8 bytes `data` cut at `offsets`. Returns (each text's code in the union, the first
+    text of each code, whether every run was sorted and unique).
+
+    One merge of the runs. Texts are compared by their 8 bytes after the prefix all share
+    (a key of big-endian bytes, zeros past the end), and by the bytes only when those tie."""
+    texts = offsets.size - 1
+    runs = starts.size - 1
+    # The prefix all texts share: of each sorted run's first and last, and of the firsts.
+    shared = np.int64(1 << 62)
+    for run in range(runs):
+        if starts[run] == starts[run + 1]:
+            continue
+        for a, b in ((starts[run], starts[run + 1] - 1), (starts[0], starts[run])):
+            length = 0
+            while (
+                length < offsets[a + 1] - offsets[a]
+                and length < offsets[b + 1] - offsets[b]
+                and data[offsets[a] + length] == data[offsets[b] + length]
+            ):
+                length += 1
+            shared = min(shared, length)
+    keys = np.zeros(texts, dtype=np.uint64)
+    for text in range(texts):
+        key = np.uint64(0)
+        for byte in range(8):
+            at = offsets[text] + shared + byte
+            value = np.uint64(data[at]) if at < offsets[text + 1] else np.uint64(0)
+            key = (key << np.uint64(8)) | value
+        keys[text] = key
+    codes = np.empty(texts, dtype=np.int64)
+    first = np.empty(texts, dtype=np.int64)
+    heads = starts[:-1].copy()
+    size = 0
+    valid = True
+    while True:
+        best = -1
+        for run in range(runs):
+            head = heads[run]
+            if head == starts[run + 1]:
+                continue
+            if best < 0:
+                best = run
+                continue
+            other = heads[best]
+            if keys[head] < keys[other] or (
+                keys[head] == keys[other] and _text_order(data, offsets, head, other) < 0
+            ):
+                best = run
+        if best < 0:
+            break
+        smallest = heads[best]
+        first[size] = smallest
+        for run in range(runs):
+            head = heads[run]
+            if head == starts[run + 1]:
+                continue
+            if run != best and (
+                keys[head] != keys[smallest] or _text_order(data, offsets, head, smallest) != 0
+            ):
+                continue
+            codes[head] = size
+            if head > starts[run] and (
+                keys[head - 1] > keys[head]
+                or (
+                    keys[head - 1] == keys[head] and _text_order(data, offsets, head - 1, head) >= 0
+                )
+            ):
+                valid = False
+            heads[run] = head + 1
+        size += 1
+    return codes, first[:size], valid

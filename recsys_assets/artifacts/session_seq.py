@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
+import numpy as np
 
 from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
-from recsys_assets.artifacts.coded import Coded, Stored
+from recsys_assets.artifacts.coded import Coded, Stored, id_union
 from recsys_assets.artifacts.envelope import (
     SCORE_DECIMALS,
     EncodedList,
@@ -86,16 +86,15 @@ def _users(
     cap: int,
     per_user: int,
 ) -> tuple[EncodedList, dict[str, int]]:
-    activity = pl.DataFrame(
-        {"user_id": user_item_counts.rows, "activity": user_item_counts.row_sums()}
-    )
-    scored = (
-        pl.DataFrame({"user_id": user_transitions.rows})
-        .join(activity, on="user_id", how="left", maintain_order="left")
-        .with_columns(pl.col("activity").fill_null(0))
-    )
+    # Each scored user's exposures (0 for none), through the union of the two sorted id
+    # dictionaries: a merge, where a join would hash a million ids.
+    users = [user_item_counts.rows, user_transitions.rows]
+    union, (exposed, scored) = id_union(users, "session_seq users")
+    by_code = np.zeros(union.len(), dtype=np.int64)
+    by_code[slice(None) if exposed is None else exposed] = user_item_counts.row_sums()
+    activity = by_code if scored is None else by_code[scored]
     # Codes follow ids, so ranking by code breaks ties by id.
-    kept = most_active(scored["activity"].to_numpy(), cap)
+    kept = most_active(activity, cap)
     user, item, count = top_k_of_rows(user_transitions, kept, per_user)
     # Every kept user has a scored item, so each position of `kept` has a row.
     nested = nest_json(
