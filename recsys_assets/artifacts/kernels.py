@@ -117,15 +117,18 @@ def merge_rows(
                     from_state = False
                     column = other
             value = np.int64(0)
+            stored = np.int64(-1)  # the state's own, when the sum is it and out is its form
             if from_state:
                 if pending < overflow_at.size and overflow_at[pending] == i:
                     value = overflow_values[pending]
                     pending += 1
                 else:
-                    value = np.int64(state_values[i]) * scale
+                    stored = np.int64(state_values[i])
+                    value = stored * scale
                 i += 1
             if from_delta:
                 value += delta_values[j]
+                stored = -1
                 j += 1
             if value == 0:
                 continue
@@ -133,6 +136,10 @@ def merge_rows(
             largest = max(largest, value)
             column_used[column] = True
             out_indices[out] = column
+            if stored >= 0 and out_scale == scale:
+                out_values[out] = stored  # no division for what the day left alone
+                out += 1
+                continue
             stored = value if out_scale == 1 else value // out_scale
             if stored > out_cap or stored * out_scale != value:
                 listed_at[listed] = out
