@@ -683,11 +683,9 @@ def _utf8(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """The ids' UTF-8 bytes, one after the other, and where each starts (and the end)."""
     offsets = np.zeros(ids.len() + 1, dtype=np.int64)
     np.cumsum(ids.str.len_bytes().to_numpy(), out=offsets[1:])
-    data = np.frombuffer(ids.str.join("").item().encode(), dtype=np.uint8) if ids.len() else _BYTES
+    text = ids.str.join("").cast(pl.Binary).item() if ids.len() else b""
+    data = np.frombuffer(text, dtype=np.uint8)
     return frozen(data, np.uint8), frozen(offsets, np.int64)
-
-
-_BYTES = np.zeros(0, dtype=np.uint8)
 
 
 def _recoded(

@@ -309,7 +309,7 @@ def _json_texts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         return _joined([orjson.dumps(value) for value in ids.to_list()])
     offsets = np.zeros(ids.len() + 1, dtype=np.int64)
     np.cumsum(ids.str.len_bytes().to_numpy() + 2, out=offsets[1:])
-    text = ('"' + ids + '"').str.join("").item().encode()
+    text = ('"' + ids + '"').str.join("").cast(pl.Binary).item()
     return np.frombuffer(text, dtype=np.uint8), frozen(offsets, np.int64)
 
 
