@@ -361,7 +361,9 @@ class _Values:
         top = largest // scale
         forms = {_narrowest(top): (data.size * _itemsize(top), 0, 0)}
         if top >= 2**8 - 1:
-            over = count_at_least(data, (2**8 - 1) * scale, (2**16 - 1) * scale)
+            # (thresholds past int64 reach no value)
+            first, second = (min(limit * scale, 2**63 - 1) for limit in (2**8 - 1, 2**16 - 1))
+            over = count_at_least(data, first, second)
             for (dtype, limit), listed in zip(
                 (("<u1", 2**8 - 1), ("<u2", 2**16 - 1)), over, strict=True
             ):
@@ -583,17 +585,9 @@ def updated(
     blocks = on_threads(merge_rows, bounds, *arrays, *outputs, listed_at, listed_values)
     if any(negative for _, _, negative, _ in blocks):
         raise _negative_sum(what)
-    size = listed = 0
-    for (_, _, start, listed_start), (written, apart, _, _) in zip(bounds, blocks, strict=True):
-        if start != size:
-            out_indices[size : size + written] = out_indices[start : start + written]
-            out_values[size : size + written] = out_values[start : start + written]
-        at = listed_at[listed_start : listed_start + apart] - (start - size)
-        listed_values[listed : listed + apart] = listed_values[listed_start : listed_start + apart]
-        listed_at[listed : listed + apart] = at
-        size += written
-        listed += apart
-    overflow_at, overflow_values = listed_at[:listed], listed_values[:listed]
+    size, overflow_at, overflow_values = _moved_down(
+        bounds, blocks, out_indices, out_values, listed_at, listed_values
+    )
     largest = max(block[3] for block in blocks)
     out_indices, out_values = out_indices[:size], out_values[:size]
     # Ids left without an entry (a day taken out leaves some) are dropped.
@@ -620,6 +614,30 @@ def updated(
     if overflow_at.size * 16 > size:  # listing apart costs more than a byte an entry
         return summed.coded()  # wide: narrowed afresh when it is stored
     return summed
+
+
+def _moved_down(
+    bounds: list[tuple[int, int, int, int]],
+    blocks: list[tuple[int, int, bool, int]],
+    indices: np.ndarray,
+    values: np.ndarray,
+    listed_at: np.ndarray,
+    listed_values: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Close the gaps `merge_rows`' blocks left (each wrote from its upper-bound start, see
+    `updated`): the entries and the values listed apart, moved down in place; returns the
+    number of entries and the listed positions (now final) and values."""
+    size = listed = 0
+    for (_, _, start, listed_start), (written, apart, _, _) in zip(bounds, blocks, strict=True):
+        if start != size:
+            indices[size : size + written] = indices[start : start + written]
+            values[size : size + written] = values[start : start + written]
+        at = listed_at[listed_start : listed_start + apart] - (start - size)
+        listed_values[listed : listed + apart] = listed_values[listed_start : listed_start + apart]
+        listed_at[listed : listed + apart] = at
+        size += written
+        listed += apart
+    return size, listed_at[:listed], listed_values[:listed]
 
 
 def _narrowest(largest: int) -> str:

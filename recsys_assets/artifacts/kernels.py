@@ -5,7 +5,9 @@ difference, and session_seq writes millions of entries as JSON. With numpy and s
 such step is several passes, each leaving a temporary of the whole size; fresh memory is
 slow to touch on a virtual machine, so the temporaries cost more than the arithmetic. The
 loops here read their inputs once, in the narrow types they are stored in, and write each
-result once, where it belongs.
+result once, where it belongs. A matrix reaches them as `coded.ValueArrays`: row pointer,
+codes, values over a scale, and the few values listed apart (a window state's form), so
+that a window's sum is never widened.
 
 They release the GIL (callers run blocks of rows on threads) and are compiled once per
 machine (`cache=True`: the machine code is kept next to this file, or in numba's cache
