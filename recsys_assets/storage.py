@@ -66,6 +66,11 @@ class Store(ABC):
     def write_if_absent(self, key: str, data: bytes) -> bool:
         """Create the object unless it exists (first writer wins); True when this call wrote it."""
 
+    def write_parts_if_absent(self, key: str, parts: list[Any]) -> bool:
+        """`write_if_absent` of the concatenation of `parts` (buffers); a local file is
+        written part by part, so a blob of hundreds of MB is not copied whole first."""
+        return self.write_if_absent(key, b"".join(parts))
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -154,13 +159,17 @@ class LocalStore(Store):
         return True
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
+        return self.write_parts_if_absent(key, [data])
+
+    def write_parts_if_absent(self, key: str, parts: list[Any]) -> bool:
         path = self._path(key)
         if path.exists():
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -80,6 +80,15 @@ def test_write_if_absent_first_writer_wins(store: Store) -> None:
     assert store.read_bytes("raced.json") == f"writer {wins[0]}".encode()
 
 
+def test_a_blob_written_in_parts_is_their_concatenation_and_first_writer_wins(
+    store: Store,
+) -> None:
+    big = memoryview(bytes(range(256)) * 4096)
+    assert store.write_parts_if_absent("p.json", [b"[", big, b"]"]) is True
+    assert store.write_parts_if_absent("p.json", [b"other"]) is False
+    assert store.read_bytes("p.json") == b"[" + bytes(big) + b"]"
+
+
 def test_compare_and_swap_detects_every_conflict(store: Store) -> None:
     assert store.read_with_token("m.json") == (None, None)
     assert store.write_if_token("m.json", b"v1", None) is True

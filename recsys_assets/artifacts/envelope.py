@@ -235,14 +235,20 @@ def version_of(document: Mapping[str, Any]) -> str:
 
 def serialize(document: Mapping[str, Any]) -> bytes:
     """The blob bytes: compact JSON in the document's own field order, numbers as JCS writes."""
-    return b"".join(_pieces(document, sort_keys=False))
+    return b"".join(serialized_parts(document))
+
+
+def serialized_parts(document: Mapping[str, Any]) -> list[bytes | memoryview]:
+    """`serialize` in pieces, to be written one after the other: an embedded `EncodedList`
+    (hundreds of MB for a window's session_seq) is not copied into one whole first."""
+    return _pieces(document, sort_keys=False)
 
 
 # Where an EncodedList goes: NUL never appears in orjson's output (strings escape it).
 _SLOT = b"\x00"
 
 
-def _pieces(document: Any, *, sort_keys: bool) -> list[bytes]:
+def _pieces(document: Any, *, sort_keys: bool) -> list[bytes | memoryview]:
     """The document's bytes in pieces: the embedded `EncodedList`s as they are, the text
     around them written by orjson with floats corrected; the lists are neither copied nor
     scanned for floats (they hold none)."""

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from recsys_assets.artifacts.envelope import serialize
+from recsys_assets.artifacts.envelope import serialized_parts
 from recsys_assets.locations import LocationResource
 
 
@@ -47,10 +47,10 @@ class ArtifactStore(LocationResource):
         store = self.store()
         version = document["build"]["version"]
         key = f"{window.prefix}/{version}.json"
-        blob = serialize(document)
-        written = store.write_if_absent(key, blob)
+        parts = serialized_parts(document)
+        written = store.write_parts_if_absent(key, parts)
         store.write_bytes(f"{window.prefix}/current.version", f"{version}\n".encode())
-        return StagedArtifact(version, key, store.uri(key), written, len(blob))
+        return StagedArtifact(version, key, store.uri(key), written, sum(map(len, parts)))
 
     def current(self, window: ArtifactWindow) -> tuple[str, bytes] | None:
         """The window's current version and its blob, or None when nothing is staged."""
