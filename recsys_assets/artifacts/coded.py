@@ -12,6 +12,11 @@ indices, no duplicates and no zeros. Values are int64, or int32 in window states
 sums when every value and every sum fits (half the memory of a state of tens of millions of
 entries); sums are exact, so a window updated incrementally (yesterday's window + today - the
 day that left it) is identical to one summed from scratch.
+
+A window state is held as `Stored`: the same matrix in the narrow form its file holds (codes
+in the smallest unsigned type, values over a common scale in one or two bytes, the few that
+do not fit listed apart). `updated` writes its sum in that form and the builders' compiled
+loops read it (`ValueArrays`); whatever else asks for `.matrix` gets it widened, once.
 """
 
 from __future__ import annotations
@@ -385,8 +390,9 @@ def _itemsize(largest: int) -> int:
 
 @dataclass(frozen=True)
 class Stored:
-    """A Coded as `raw_bytes` stored it: the CSR arrays in their stored (narrow) types, views
-    of the buffer they were read from. A window state is this until it is summed."""
+    """A Coded as `raw_bytes` stores it: the CSR arrays in their stored (narrow) types,
+    views of the buffer they were read from, or the arrays `updated` wrote in that form.
+    A window's sum stays this from its update to its builders and its file."""
 
     rows: pl.Series
     columns: pl.Series
@@ -437,7 +443,7 @@ class Stored:
         return np.repeat(np.arange(self.rows.len(), dtype=np.int64), np.diff(self.indptr))
 
     def row_sums(self) -> np.ndarray:
-        return stored_row_sums(*self.value_arrays())
+        return stored_row_sums(self.value_arrays())
 
     def totals(self) -> Coded:
         return _totals(self)
@@ -550,12 +556,7 @@ def updated(
         np.arange(columns.len()) if state_columns is None else state_columns, np.int64
     )
     arrays = (
-        frozen(indptr, np.int64),
-        frozen(state.indices, state.indices.dtype),
-        frozen(state.data, state.data.dtype),
-        state.scale,
-        frozen(state.overflow_at, np.int64),
-        frozen(state.overflow_values, np.int64),
+        state.value_arrays()._replace(indptr=frozen(indptr, np.int64)),
         state_columns,
         frozen(delta.indptr, np.int64),
         *(frozen(array, array.dtype) for array in (delta.indices, delta.data)),

@@ -117,17 +117,14 @@ def _top_neighbors(
     in_rows = slot_of_item[first_item]
     anchor_rows[in_rows[in_rows >= 0]] = np.flatnonzero(in_rows >= 0)
     matrix = pairs.value_arrays()  # as held: a window's sum stays in its narrow form
-    indptr, indices = matrix.indptr, matrix.indices
-    values = (matrix.data, matrix.scale, matrix.overflow_at, matrix.overflow_values)
     column_slot = frozen(slot_of_item[second_item], np.int64)
     anchor_rows = frozen(anchor_rows, np.int64)
     row_sizes = np.where(anchor_rows >= 0, np.diff(matrix.indptr)[anchor_rows], 0)
     floors = np.empty(anchors.size, dtype=np.int64)
     by_rows = spans(np.concatenate(([0], np.cumsum(row_sizes))), 1 << 20)
-    on_threads(anchor_floors, by_rows, anchor_rows, indptr, *values, k, floors)
+    on_threads(anchor_floors, by_rows, anchor_rows, matrix, k, floors)
     # The anchors' columns, gathered by blocks of rows, then grouped by slot (in row order).
-    scan = (indptr, indices, *values, column_slot, floors)
-    parts = on_threads(anchor_columns, spans(matrix.indptr, 1 << 22), *scan)
+    parts = on_threads(anchor_columns, spans(matrix.indptr, 1 << 22), matrix, column_slot, floors)
     slots, rows, found = (
         np.concatenate([np.zeros(0, np.int64), *(part[index] for part in parts)])
         for index in range(3)
@@ -141,6 +138,6 @@ def _top_neighbors(
     out_indptr = np.concatenate(([0], np.cumsum(sizes)))
     neighbor, count = np.empty(out_indptr[-1], np.int64), np.empty(out_indptr[-1], np.int64)
     items = (frozen(first_item, np.int64), frozen(second_item, np.int64))
-    arguments = (anchor_rows, indptr, indices, *values, *columns, *items, k)
+    arguments = (anchor_rows, matrix, *columns, *items, k)
     on_threads(anchor_top, spans(out_indptr, 1 << 16), *arguments, out_indptr, neighbor, count)
     return np.repeat(anchors, sizes), neighbor, count

@@ -64,12 +64,7 @@ def merge_rows(
     high,
     out,
     listed,
-    state_indptr,
-    state_indices,
-    state_values,
-    scale,
-    overflow_at,
-    overflow_values,
+    state,
     state_columns,
     delta_indptr,
     delta_indices,
@@ -87,9 +82,8 @@ def merge_rows(
     from position `out` on, and their sums listed apart from position `listed` on; returns
     (entries written, sums listed apart, whether a sum is negative, the largest sum).
 
-    Row pointers are over the sum's rows. The state is as stored: its column codes mapped
-    to the sum's by `state_columns`, its values times `scale`, except at the sorted
-    positions `overflow_at`, whose values are `overflow_values`. The sum is written in the
+    Row pointers are over the sum's rows. The state is held as `coded.ValueArrays` (as
+    stored), its column codes mapped to the sum's by `state_columns`. The sum is written in the
     same form: a value v is stored as v / `out_scale` when that is a whole number up to
     `out_cap` (the type's largest), else as `out_cap` and listed apart. Zeros are left
     out; each row's number of entries goes to `row_lengths`, and the columns written are
@@ -97,6 +91,7 @@ def merge_rows(
     In the state's own form (scale, cap), only a state entry listed apart or a sum with
     the delta can be listed apart: that many places are enough.
     """
+    state_indptr, state_indices, state_values, scale, overflow_at, overflow_values = state
     first, first_listed = out, listed
     negative = False
     largest = np.int64(0)
@@ -155,61 +150,27 @@ def merge_rows(
 
 
 @njit(nogil=True, cache=True)
-def top_k_rows(
-    low,
-    high,
-    indptr,
-    indices,
-    values,
-    scale,
-    overflow_at,
-    overflow_values,
-    rows,
-    k,
-    out_indptr,
-    out_indices,
-    out_values,
-):
+def top_k_rows(low, high, matrix, rows, k, out_indptr, out_indices, out_values):
     """The k largest values of each of `rows` (positions low..high-1 of it) of a matrix
     held as `coded.ValueArrays` with values >= 0, ties by smaller column, written from
     `out_indptr[position]` on: by value descending, then column."""
     for position in range(low, high):
-        row = rows[position]
-        start, end = indptr[row], indptr[row + 1]
-        exact = exact_values(values, start, end, scale, overflow_at, overflow_values)
-        best, columns = _best(exact, indices[start:end], k)
+        start, end, exact = _row(matrix, rows[position])
+        best, columns = _best(exact, matrix.indices[start:end], k)
         out = out_indptr[position]
         out_values[out : out + best.size] = best
         out_indices[out : out + best.size] = columns
 
 
 @njit(nogil=True, cache=True)
-def reaching_rows(
-    low,
-    high,
-    indptr,
-    indices,
-    values,
-    scale,
-    overflow_at,
-    overflow_values,
-    rows,
-    k,
-    slack,
-    at,
-    columns,
-    found,
-    fill,
-):
+def reaching_rows(low, high, matrix, rows, k, slack, at, columns, found, fill):
     """The entries of `rows` (positions low..high-1 of it) of a matrix held as
     `coded.ValueArrays` whose value is at least their row's k-th largest minus `slack`
     (`ranking.reaching_of_rows`). Counting (`fill` false): each position's number goes to
     `at[position + 1]`. Filling: their columns and values are written from `at[position]`
     on, in the row's order."""
     for position in range(low, high):
-        row = rows[position]
-        start, end = indptr[row], indptr[row + 1]
-        exact = exact_values(values, start, end, scale, overflow_at, overflow_values)
+        start, end, exact = _row(matrix, rows[position])
         floor = -np.inf
         if end - start > k:
             floor = np.partition(exact.astype(np.float64), end - start - k)[end - start - k]
@@ -218,7 +179,7 @@ def reaching_rows(
         for entry in range(start, end):
             if exact[entry - start] >= floor:
                 if fill:
-                    columns[out] = indices[entry]
+                    columns[out] = matrix.indices[entry]
                     found[out] = exact[entry - start]
                 out += 1
         if not fill:
@@ -226,28 +187,22 @@ def reaching_rows(
 
 
 @njit(nogil=True, cache=True)
-def anchor_floors(
-    low, high, anchor_rows, indptr, values, scale, overflow_at, overflow_values, k, floors
-):
+def anchor_floors(low, high, anchor_rows, matrix, k, floors):
     """For anchors low..high-1 (see `anchor_top`): the k-th largest value of the anchor's
     row when it has k entries or more, else 0. Nothing below it can be one of the anchor's
     k best, so `anchor_columns` leaves it out. The matrix is held as `coded.ValueArrays`."""
     for anchor in range(low, high):
         row = anchor_rows[anchor]
-        size = indptr[row + 1] - indptr[row] if row >= 0 else 0
+        size = matrix.indptr[row + 1] - matrix.indptr[row] if row >= 0 else 0
         if size < k:
             floors[anchor] = 0
             continue
-        part = exact_values(
-            values, indptr[row], indptr[row + 1], scale, overflow_at, overflow_values
-        )
+        part = _row(matrix, row)[2]
         floors[anchor] = np.partition(part, size - k)[size - k]
 
 
 @njit(nogil=True, cache=True)
-def anchor_columns(
-    low, high, indptr, indices, values, scale, overflow_at, overflow_values, slot, floors
-):
+def anchor_columns(low, high, matrix, slot, floors):
     """The entries of rows low..high-1 of a matrix held as `coded.ValueArrays` in the
     columns that have a `slot` (-1 for none) and a value >= the slot's floor, in row
     order: (slot, row, value) arrays.
@@ -255,6 +210,7 @@ def anchor_columns(
     One pass over the entries, by blocks on the threads: a CSC of the whole matrix is not
     needed for a thousand columns, nor a copy of their entries that cannot rank. Few
     entries pass, so the arrays start small and grow by doubling."""
+    indptr, indices, values, scale, overflow_at, overflow_values = matrix
     size = 0
     slots = np.empty(1024, dtype=np.int64)
     rows = np.empty(1024, dtype=np.int64)
@@ -301,12 +257,7 @@ def anchor_top(
     low,
     high,
     anchor_rows,
-    indptr,
-    indices,
-    values,
-    scale,
-    overflow_at,
-    overflow_values,
+    matrix,
     column_starts,
     column_rows,
     column_values,
@@ -324,16 +275,17 @@ def anchor_top(
     `out_indptr[anchor]` on."""
     for anchor in range(low, high):
         row = anchor_rows[anchor]
-        start, end = (indptr[row], indptr[row + 1]) if row >= 0 else (0, 0)
+        if row >= 0:
+            start, end, exact = _row(matrix, row)
+        else:
+            start, end, exact = 0, 0, np.zeros(0, dtype=np.int64)
         first, last = column_starts[anchor], column_starts[anchor + 1]
         size = end - start + last - first
         counts = np.empty(size, dtype=np.int64)
         neighbors = np.empty(size, dtype=np.int64)
-        counts[: end - start] = exact_values(
-            values, start, end, scale, overflow_at, overflow_values
-        )
+        counts[: end - start] = exact
         for entry in range(start, end):
-            neighbors[entry - start] = second_item[indices[entry]]
+            neighbors[entry - start] = second_item[matrix.indices[entry]]
         for entry in range(first, last):
             counts[end - start + entry - first] = column_values[entry]
             neighbors[end - start + entry - first] = first_item[column_rows[entry]]
@@ -514,8 +466,9 @@ def narrowed(values, offset, scale, limit, out, overflow_at, overflow_values, li
 
 
 @njit(nogil=True, cache=True)
-def stored_row_sums(indptr, indices, values, scale, overflow_at, overflow_values):
-    """The sum of each row of a matrix held as `coded.ValueArrays` (`indices` unused)."""
+def stored_row_sums(matrix):
+    """The sum of each row of a matrix held as `coded.ValueArrays`."""
+    indptr, _, values, scale, overflow_at, overflow_values = matrix
     sums = np.zeros(indptr.size - 1, dtype=np.int64)
     for row in range(indptr.size - 1):
         total = np.int64(0)
@@ -540,6 +493,16 @@ def exact_values(values, start, end, scale, overflow_at, overflow_values):
         out[overflow_at[listed] - start] = overflow_values[listed]
         listed += 1
     return out
+
+
+@njit(nogil=True, cache=True)
+def _row(matrix, row):
+    """(start, end, values in int64) of a row of a matrix held as `coded.ValueArrays`."""
+    start, end = matrix.indptr[row], matrix.indptr[row + 1]
+    values = exact_values(
+        matrix.data, start, end, matrix.scale, matrix.overflow_at, matrix.overflow_values
+    )
+    return start, end, values
 
 
 @njit(nogil=True, cache=True)

@@ -277,7 +277,7 @@ def top_k_of_rows(
     out_indptr = np.concatenate(([0], np.cumsum(np.minimum(lengths, k))))
     columns = np.empty(out_indptr[-1], dtype=np.int64)
     values = np.empty(out_indptr[-1], dtype=np.int64)
-    arguments = (*arrays, frozen(kept, np.int64), k)
+    arguments = (arrays, frozen(kept, np.int64), k)
     on_threads(top_k_rows, spans(out_indptr, _NEST_PART), *arguments, out_indptr, columns, values)
     position = np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(out_indptr))
     return position, columns, values
@@ -292,7 +292,7 @@ def reaching_of_rows(
     moves none by more than `slack` / 2 (rounding). The rows are not gathered first
     (`kernels.reaching_rows`); values come back in int64."""
     arrays = matrix.value_arrays()
-    arguments = (*arrays, frozen(kept, np.int64), k, float(slack))
+    arguments = (arrays, frozen(kept, np.int64), k, float(slack))
     at = np.zeros(kept.size + 1, dtype=np.int64)
     blocks = spans(np.concatenate(([0], np.cumsum(np.diff(arrays.indptr)[kept]))), _NEST_PART)
     empty = np.empty(0, dtype=np.int64)
