@@ -163,18 +163,20 @@ def top_k_rows(low, high, matrix, rows, k, out_indptr, out_indices, out_values):
 
 
 @njit(nogil=True, cache=True)
-def reaching_rows(low, high, matrix, rows, k, slack, at, columns, found, fill):
+def reaching_rows(low, high, matrix, rows, k, slack, floors, at, columns, found, fill):
     """The entries of `rows` (positions low..high-1 of it) of a matrix held as
     `coded.ValueArrays` whose value is at least their row's k-th largest minus `slack`
-    (`ranking.reaching_of_rows`). Counting (`fill` false): each position's number goes to
-    `at[position + 1]`. Filling: their columns and values are written from `at[position]`
-    on, in the row's order."""
+    (`ranking.reaching_of_rows`). Counting (`fill` false): each position's floor goes to
+    `floors[position]`, its number of entries to `at[position + 1]`. Filling: their columns
+    and values are written from `at[position]` on, in the row's order."""
     for position in range(low, high):
         start, end, exact = _row(matrix, rows[position])
-        floor = -np.inf
-        if end - start > k:
-            floor = np.partition(exact.astype(np.float64), end - start - k)[end - start - k]
-            floor -= slack
+        if not fill:
+            floors[position] = -np.inf
+            if end - start > k:
+                part = np.partition(exact.astype(np.float64), end - start - k)
+                floors[position] = part[end - start - k] - slack
+        floor = floors[position]
         out = at[position] if fill else 0
         for entry in range(start, end):
             if exact[entry - start] >= floor:

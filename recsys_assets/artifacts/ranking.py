@@ -296,10 +296,11 @@ def reaching_of_rows(
     at = np.zeros(kept.size + 1, dtype=np.int64)
     blocks = spans(np.concatenate(([0], np.cumsum(np.diff(arrays.indptr)[kept]))), _NEST_PART)
     empty = np.empty(0, dtype=np.int64)
-    on_threads(reaching_rows, blocks, *arguments, at, empty, empty, False)
+    floors = np.empty(kept.size, dtype=np.float64)  # each row's, from the counting pass
+    on_threads(reaching_rows, blocks, *arguments, floors, at, empty, empty, False)
     np.cumsum(at, out=at)
     columns, values = np.empty(at[-1], dtype=np.int64), np.empty(at[-1], dtype=np.int64)
-    on_threads(reaching_rows, blocks, *arguments, at, columns, values, True)
+    on_threads(reaching_rows, blocks, *arguments, floors, at, columns, values, True)
     return np.repeat(np.arange(kept.size, dtype=np.int64), np.diff(at)), columns, values
 
 
