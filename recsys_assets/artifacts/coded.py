@@ -45,7 +45,7 @@ from recsys_assets.artifacts.kernels import (
     stored_row_sums,
     value_range,
 )
-from recsys_assets.artifacts.ranking import codes
+from recsys_assets.artifacts.ranking import codes, utf8_texts
 
 Buffer = Any  # bytes, mmap, memoryview: anything with the buffer protocol
 
@@ -273,72 +273,59 @@ def raw_chunks(coded: Coded | Stored, chunk_entries: int = _SLICE) -> Iterator[b
     """`raw_bytes` in pieces, narrowed a slice at a time: a stream to write a big state
     without holding a second copy of it. A `Stored` (an updated state) is written in the
     form it is held in."""
+    narrow = None
     if isinstance(coded, Stored):
-        yield from _stored_chunks(coded, chunk_entries)
-        return
-    matrix = coded.matrix
-    values = _Values.of(matrix.data)
-    arrays = {
-        "indptr": (matrix.indptr, "<i8"),
-        "indices": (matrix.indices, _narrowest(coded.columns.len() - 1)),
-        "data": (matrix.data, values.dtype),
-        # Filled while the data is narrowed, which comes first.
-        "overflow_at": (values.overflow_at, "<i8"),
-        "overflow_values": (values.overflow_values, "<i8"),
-    }
+        scale, largest = coded.scale, coded.largest
+        held = (coded.indptr, coded.indices, coded.data, coded.overflow_at, coded.overflow_values)
+        dtypes = ("<i8", coded.indices.dtype.str, coded.data.dtype.str, "<i8", "<i8")
+    else:
+        matrix = coded.matrix
+        values = _Values.of(matrix.data)
+        scale, largest = values.scale, values.largest
+        # The overflow arrays are filled while the data is narrowed, which comes first.
+        held = (
+            matrix.indptr,
+            matrix.indices,
+            matrix.data,
+            values.overflow_at,
+            values.overflow_values,
+        )
+        dtypes = ("<i8", _narrowest(coded.columns.len() - 1), values.dtype, "<i8", "<i8")
+        listed = 0
+
+        def narrow(piece: np.ndarray, start: int) -> np.ndarray:
+            nonlocal listed
+            stored = np.empty(piece.size, values.dtype)
+            arrays = (values.overflow_at, values.overflow_values)
+            listed = narrowed(
+                frozen(piece, piece.dtype), start, scale, values.limit, stored, *arrays, listed
+            )
+            return stored
+
+    names = ("indptr", "indices", "data", "overflow_at", "overflow_values")
     dictionaries = {"rows": _parquet(coded.rows), "columns": _parquet(coded.columns)}
     parts = [[name, "parquet", len(part)] for name, part in dictionaries.items()]
     parts += [
         [name, np.dtype(dtype).str, array.size * np.dtype(dtype).itemsize]
-        for name, (array, dtype) in arrays.items()
+        for name, array, dtype in zip(names, held, dtypes, strict=True)
     ]
-    yield _header(matrix.shape, parts, values.scale, values.largest)
+    header = orjson.dumps(
+        {
+            "shape": [coded.rows.len(), coded.columns.len()],
+            "parts": parts,
+            "scale": scale,
+            "largest": largest,
+        }
+    )
+    yield _MAGIC + len(header).to_bytes(8, "little") + header
     yield from dictionaries.values()
-    listed = 0
-    for name, (array, dtype) in arrays.items():
+    for name, array, dtype in zip(names, held, dtypes, strict=True):
         for start in range(0, array.size, chunk_entries):
             piece = array[start : start + chunk_entries]
-            if name == "data":
-                stored = np.empty(piece.size, dtype)
-                listed = narrowed(
-                    frozen(piece, piece.dtype),
-                    start,
-                    values.scale,
-                    values.limit,
-                    stored,
-                    values.overflow_at,
-                    values.overflow_values,
-                    listed,
-                )
-                piece = stored
+            if name == "data" and narrow is not None:
+                piece = narrow(piece, start)
             piece = piece.astype(dtype, copy=False)
             yield memoryview(np.ascontiguousarray(piece)).cast("B")
-
-
-def _header(shape: tuple[int, int], parts: list, scale: int, largest: int) -> bytes:
-    header = orjson.dumps(
-        {"shape": list(shape), "parts": parts, "scale": scale, "largest": largest}
-    )
-    return _MAGIC + len(header).to_bytes(8, "little") + header
-
-
-def _stored_chunks(stored: Stored, chunk_entries: int) -> Iterator[bytes | memoryview]:
-    arrays = {
-        "indptr": stored.indptr.astype("<i8", copy=False),
-        "indices": stored.indices,
-        "data": stored.data,
-        "overflow_at": stored.overflow_at.astype("<i8", copy=False),
-        "overflow_values": stored.overflow_values.astype("<i8", copy=False),
-    }
-    dictionaries = {"rows": _parquet(stored.rows), "columns": _parquet(stored.columns)}
-    parts = [[name, "parquet", len(part)] for name, part in dictionaries.items()]
-    parts += [[name, array.dtype.str, array.nbytes] for name, array in arrays.items()]
-    shape = (stored.rows.len(), stored.columns.len())
-    yield _header(shape, parts, stored.scale, stored.largest)
-    yield from dictionaries.values()
-    for array in arrays.values():
-        for start in range(0, array.size, chunk_entries):
-            yield memoryview(np.ascontiguousarray(array[start : start + chunk_entries])).cast("B")
 
 
 @dataclass(frozen=True)
@@ -582,7 +569,7 @@ def updated(
     listed_values = np.empty(state.overflow_at.size + delta.nnz, np.int64)
     row_lengths = np.zeros(rows.len(), dtype=np.int64)
     column_used = np.zeros(columns.len(), dtype=bool)
-    outputs = (row_lengths, column_used, out_indices, out_values, state.scale, cap)
+    outputs = (row_lengths, column_used, out_indices, out_values, cap)
     blocks = on_threads(merge_rows, bounds, *arrays, *outputs, listed_at, listed_values)
     if any(negative for _, _, negative, _ in blocks):
         raise _negative_sum(what)
@@ -686,7 +673,7 @@ def id_union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[
     ids = pl.concat([dictionary.rename("") for dictionary in dictionaries], rechunk=True)
     starts = np.zeros(len(dictionaries) + 1, dtype=np.int64)
     np.cumsum([dictionary.len() for dictionary in dictionaries], out=starts[1:])
-    codes, first, valid = sorted_union(*_utf8(ids), frozen(starts, np.int64))
+    codes, first, valid = sorted_union(*utf8_texts(ids), frozen(starts, np.int64))
     if not valid:
         raise ValueError(f"{what}: id dictionaries must be sorted and unique")
     whole = [index for index, d in enumerate(dictionaries) if d.len() == first.size]
@@ -696,15 +683,6 @@ def id_union(dictionaries: list[pl.Series], what: str) -> tuple[pl.Series, list[
         for index, dictionary in enumerate(dictionaries)
     ]
     return union, maps
-
-
-def _utf8(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The ids' UTF-8 bytes, one after the other, and where each starts (and the end)."""
-    offsets = np.zeros(ids.len() + 1, dtype=np.int64)
-    np.cumsum(ids.str.len_bytes().to_numpy(), out=offsets[1:])
-    text = ids.str.join("").cast(pl.Binary).item() if ids.len() else b""
-    data = np.frombuffer(text, dtype=np.uint8)
-    return frozen(data, np.uint8), frozen(offsets, np.int64)
 
 
 def _recoded(

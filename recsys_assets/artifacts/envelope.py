@@ -252,7 +252,7 @@ def _pieces(document: Any, *, sort_keys: bool) -> list[bytes | memoryview]:
     """The document's bytes in pieces: the embedded `EncodedList`s as they are, the text
     around them written by orjson with floats corrected; the lists are neither copied nor
     scanned for floats (they hold none)."""
-    embedded: list[list[bytes]] = []
+    embedded: list[list[bytes | memoryview]] = []
 
     def slot(value: Any) -> orjson.Fragment:
         if isinstance(value, EncodedList):

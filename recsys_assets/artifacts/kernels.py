@@ -73,7 +73,6 @@ def merge_rows(
     column_used,
     out_indices,
     out_values,
-    out_scale,
     out_cap,
     listed_at,
     listed_values,
@@ -83,13 +82,12 @@ def merge_rows(
     (entries written, sums listed apart, whether a sum is negative, the largest sum).
 
     Row pointers are over the sum's rows. The state is held as `coded.ValueArrays` (as
-    stored), its column codes mapped to the sum's by `state_columns`. The sum is written in the
-    same form: a value v is stored as v / `out_scale` when that is a whole number up to
-    `out_cap` (the type's largest), else as `out_cap` and listed apart. Zeros are left
-    out; each row's number of entries goes to `row_lengths`, and the columns written are
-    marked in `column_used`.
-    In the state's own form (scale, cap), only a state entry listed apart or a sum with
-    the delta can be listed apart: that many places are enough.
+    stored), its column codes mapped to the sum's by `state_columns`. The sum is written in
+    the same form: a value v is stored as v / the state's scale when that is a whole number
+    up to `out_cap` (its type's largest), else as `out_cap` and listed apart. Zeros are
+    left out; each row's number of entries goes to `row_lengths`, and the columns written
+    are marked in `column_used`. In that form only a state entry listed apart or a sum
+    with the delta can be listed apart: that many places are enough.
     """
     state_indptr, state_indices, state_values, scale, overflow_at, overflow_values = state
     first, first_listed = out, listed
@@ -114,7 +112,7 @@ def merge_rows(
                     from_state = False
                     column = other
             value = np.int64(0)
-            stored = np.int64(-1)  # the state's own, when the sum is it and out is its form
+            stored = np.int64(-1)  # the state entry as stored, when the sum is it
             if from_state:
                 if pending < overflow_at.size and overflow_at[pending] == i:
                     value = overflow_values[pending]
@@ -133,12 +131,12 @@ def merge_rows(
             largest = max(largest, value)
             column_used[column] = True
             out_indices[out] = column
-            if stored >= 0 and out_scale == scale:
+            if stored >= 0:
                 out_values[out] = stored  # no division for what the day left alone
                 out += 1
                 continue
-            stored = value if out_scale == 1 else value // out_scale
-            if stored > out_cap or stored * out_scale != value:
+            stored = value if scale == 1 else value // scale
+            if stored > out_cap or stored * scale != value:
                 listed_at[listed] = out
                 listed_values[listed] = value
                 listed += 1

@@ -308,10 +308,16 @@ def _json_texts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Each string's JSON literal, as orjson (and JCS) write it: (UTF-8 bytes, offsets)."""
     if ids.str.contains(r'[\x00-\x1f"\\]').any():  # some need escapes
         return _joined([orjson.dumps(value) for value in ids.to_list()])
-    offsets = np.zeros(ids.len() + 1, dtype=np.int64)
-    np.cumsum(ids.str.len_bytes().to_numpy() + 2, out=offsets[1:])
-    text = ('"' + ids + '"').str.join("").cast(pl.Binary).item()
-    return np.frombuffer(text, dtype=np.uint8), frozen(offsets, np.int64)
+    return utf8_texts('"' + ids + '"')
+
+
+def utf8_texts(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The strings' UTF-8 bytes, one after the other, and where each starts (and the end),
+    for the compiled loops (`frozen`)."""
+    offsets = np.zeros(texts.len() + 1, dtype=np.int64)
+    np.cumsum(texts.str.len_bytes().to_numpy(), out=offsets[1:])
+    joined = texts.str.join("").cast(pl.Binary).item() if texts.len() else b""
+    return frozen(np.frombuffer(joined, dtype=np.uint8), np.uint8), frozen(offsets, np.int64)
 
 
 def _joined(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

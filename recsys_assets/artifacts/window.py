@@ -169,10 +169,8 @@ def load_window(
         summed = kind in PAIR_KINDS or kind in DERIVED_KINDS
         if (summed or kind in CODED_FRAME_KINDS) and not recomputed and window_days > 1:
             states = _WindowStates(store, entry, kind, window_days, params, saving)
-            if kind not in CODED_FRAME_KINDS:
-                return states.window(day, markers, day_aggregate)
-            total, how = states.window(day, markers, lambda d, k: _derived(k, day_aggregate(d, k)))
-            return _item_frame(total), how
+            total, how = states.window(day, markers, day_aggregate)
+            return (_item_frame(total) if kind in CODED_FRAME_KINDS else total), how
         if summed:
             return combine([(day_aggregate(d, kind), 1) for d in markers], kind), "summed"
         return merge_aggregates(kind, [day_aggregate(d, kind) for d in markers]), None
@@ -211,7 +209,7 @@ def _pools(role: str, workers: int, pid: int) -> ThreadPoolExecutor:
 def _derived(kind: str, aggregate: Aggregate) -> Aggregate:
     """A day's aggregate of `kind` from the day's aggregate of its source kind (itself for
     a daily kind; see DERIVED_KINDS), or a frame kind's coded form (CODED_FRAME_KINDS)."""
-    if kind in CODED_FRAME_KINDS and isinstance(aggregate, pl.DataFrame):
+    if kind in CODED_FRAME_KINDS:
         frame = aggregate
         column = pl.Series([""] * frame.height, dtype=pl.String)
         return coded_from_ids(frame["item_id"], column, frame["count"].to_numpy(), kind)
@@ -253,7 +251,9 @@ class _WindowStates:
         markers: dict[dt.date, dict],
         day_aggregate: Callable[[dt.date, str], Aggregate],
     ) -> tuple[Coded | Stored, str]:
-        """The kind's sum over the days of `markers`, from a state when one is close."""
+        """The kind's sum over the days of `markers`, from a state when one is close
+        (`day_aggregate` reads a day's aggregate of a kind; the state sums its source's,
+        derived by `_day`)."""
         wanted = {d.isoformat(): markers[d]["content_hashes"][self.source] for d in markers}
         for last in (day, day - dt.timedelta(days=1)):
             state = self._read(last)
@@ -264,7 +264,7 @@ class _WindowStates:
             remove = [d for d in held if wanted.get(d) != held[d]]
             if len(add) + len(remove) > _MAX_STATE_CHANGES:
                 break
-            terms = [(day_aggregate(dt.date.fromisoformat(d), self.kind), 1) for d in add]
+            terms = [(self._day(dt.date.fromisoformat(d), day_aggregate), 1) for d in add]
             for expired in remove:
                 old = self._old_aggregate(dt.date.fromisoformat(expired), held[expired])
                 if old is None:
@@ -287,7 +287,7 @@ class _WindowStates:
                     self._save(day, wanted, summed)
                 return summed, how
             break
-        summed = combine([(day_aggregate(d, self.kind), 1) for d in markers], self.kind)
+        summed = combine([(self._day(d, day_aggregate), 1) for d in markers], self.kind)
         self._save(day, wanted, summed)
         return summed, "summed"
 
@@ -295,6 +295,10 @@ class _WindowStates:
     def source(self) -> str:
         """The daily aggregate kind this state sums (itself, or what it is derived from)."""
         return DERIVED_KINDS.get(self.kind, self.kind)
+
+    def _day(self, day: dt.date, day_aggregate: Callable[[dt.date, str], Aggregate]) -> Coded:
+        """A day's aggregate as the state sums it: its source kind's, derived (`_derived`)."""
+        return _derived(self.kind, day_aggregate(day, self.source))
 
     def _old_aggregate(self, day: dt.date, content_hash: str) -> Coded | None:
         """A day's aggregate as a state summed it, if its file is still that one."""
