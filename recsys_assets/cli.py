@@ -12,15 +12,21 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 
 from recsys_assets import __version__
-from recsys_assets.config import AppConfig, ConfigError, TenantSurface, load_config, parse_day
+from recsys_assets.config import (
+    ARTIFACT_TYPES,
+    AppConfig,
+    ConfigError,
+    TenantSurface,
+    load_config,
+    parse_day,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq")
 
 # subcommand -> (jobs run in order for each day, help)
 STEP_COMMANDS = {
@@ -60,6 +66,26 @@ def _day(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _version(value: str) -> str:
+    from recsys_assets.publish.rollback import VERSION_PATTERN
+
+    if not VERSION_PATTERN.match(value):
+        raise argparse.ArgumentTypeError(
+            f"expected an artifact version (64 lower-case hex digits), got {value!r}"
+        )
+    return value
+
+
+def _types(value: str) -> str:
+    names = [name.strip() for name in value.split(",")]
+    unknown = [name for name in names if name not in ARTIFACT_TYPES]
+    if value != "all" and unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or artifact types from {', '.join(ARTIFACT_TYPES)}, got {value!r}"
+        )
+    return value if value == "all" else ",".join(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recsys-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -68,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--config", help="config JSON")
     cmd.add_argument("--tenant")
     cmd.add_argument("--surface")
+    _verbose_flag(cmd)
     for name in REGISTRY_COMMANDS:
         cmd = sub.add_parser(name, help=REGISTRY_HELP[name], description=REGISTRY_HELP[name])
         cmd.add_argument("--config", help="config JSON")
@@ -80,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--actor", default=None, help="who (default: user@host)")
         if name == "rollback":
             target = cmd.add_mutually_exclusive_group(required=True)
-            target.add_argument("--version", help="a recorded version (64 hex digits)")
+            target.add_argument(
+                "--version", type=_version, help="a recorded version (64 hex digits)"
+            )
             target.add_argument(
                 "--previous", action="store_true", help="the version recorded before current"
             )
@@ -93,13 +122,43 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--surface", help="surface (default: every surface of the tenant)")
         cmd.add_argument("--start", type=_day, help="first day, YYYY-MM-DD")
         cmd.add_argument("--end", type=_day, help="last day, inclusive (default: --start)")
+        cmd.add_argument(
+            "--partition",
+            help="one partition key instead of --tenant/--surface/--start, e.g. "
+            "2026-01-01|demo__home (the key `dagster asset materialize` takes)",
+        )
+        cmd.add_argument(
+            "--fail-fast",
+            action="store_true",
+            help="stop at the first failed day instead of going on with the others",
+        )
+        _verbose_flag(cmd)
         if name == "run":
             cmd.add_argument(
                 "--incremental",
                 action="store_true",
                 help="continue after the last successful day of the checkpoint",
             )
+        if name == "run" or name.replace("-", "_") in ARTIFACT_TYPES:
+            cmd.add_argument(
+                "--allow-collapse",
+                type=_types,
+                metavar="TYPES",
+                help="let these artifact types ('all' or a comma list) pass no_collapse in "
+                "this run although far smaller than live (audited with --actor, --reason)",
+            )
+            cmd.add_argument("--reason", default="", help="why (kept in the audit log)")
+            cmd.add_argument("--actor", default=None, help="who (default: user@host)")
     return parser
+
+
+def _verbose_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Dagster's log on stderr (it is kept in the instance either way)",
+    )
 
 
 REGISTRY_HELP = {
@@ -167,10 +226,79 @@ def _write_checkpoint(config: AppConfig, entry: TenantSurface, day: dt.date) -> 
     )
 
 
+@dataclass(frozen=True)
+class DayResult:
+    """One row of the run's summary: what happened to a tenant/surface's day (or catalog)."""
+
+    entry: TenantSurface
+    day: str
+    outcome: str  # "ok", "FAILED" or "skipped"
+    failed: str = ""  # the failing check or step
+    reason: str = ""
+
+
+def _failure(outcome) -> tuple[str, str]:
+    """The failing checks (else steps) of an outcome, and the first one's reason."""
+    if not outcome.failures:
+        return "", outcome.reason
+    names = ", ".join(what for what, _ in outcome.failures)
+    reason = outcome.failures[0][1]
+    more = len(outcome.failures) - 1
+    return names, reason + (f" (and {more} more: see above)" if more else "")
+
+
+def _print_step(step) -> None:
+    print(f"  {step.step:<22} {step.seconds:7.2f}s  {step.summary}", flush=True)
+
+
+def _partition_plan(args: argparse.Namespace, config: AppConfig):
+    """`--partition KEY` as a one-day plan, refusing a key the graph does not have."""
+    from recsys_assets.partitions import parse_partition_key
+
+    if args.tenant or args.surface or args.start or args.end or args.incremental:
+        raise UsageError("--partition goes without --tenant, --surface, --start, --end")
+    known = ", ".join(entry.key for entry in config.tenants)
+    try:
+        partition = parse_partition_key(args.partition)
+    except ValueError as exc:
+        raise UsageError(
+            f"--partition {args.partition!r} is not a partition key "
+            f"YYYY-MM-DD|<tenant>__<surface> ({exc}); tenant_surface keys: {known}"
+        ) from None
+    try:
+        entry = config.tenant(partition.tenant, partition.surface)
+    except ConfigError as exc:
+        raise UsageError(f"--partition {args.partition!r}: {exc}") from None
+    if partition.day < config.start_date:
+        raise UsageError(
+            f"--partition {args.partition!r}: day {partition.day} is before the config's "
+            f"start_date {config.start_date}"
+        )
+    return [entry], [(entry, [partition.day])]
+
+
+def _run_tags(args: argparse.Namespace) -> dict[str, str]:
+    from recsys_assets.artifacts.assets import ACTOR_TAG, ALLOW_COLLAPSE_TAG, REASON_TAG
+    from recsys_assets.publish.rollback import default_actor
+
+    if not getattr(args, "allow_collapse", None):
+        return {}
+    return {
+        ALLOW_COLLAPSE_TAG: args.allow_collapse,
+        ACTOR_TAG: args.actor or default_actor(),
+        REASON_TAG: args.reason,
+    }
+
+
 def run_steps(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    targets = _targets(config, args.tenant, args.surface)
-    plan = [(entry, _days(args, config, entry)) for entry in targets]
+    args.incremental = getattr(args, "incremental", False)
+    if args.partition:
+        targets, plan = _partition_plan(args, config)
+    else:
+        targets = _targets(config, args.tenant, args.surface)
+        plan = [(entry, _days(args, config, entry)) for entry in targets]
+    tags = _run_tags(args)
 
     from recsys_assets.graph import build_definitions
     from recsys_assets.partitions import partition_key
@@ -179,21 +307,30 @@ def run_steps(args: argparse.Namespace) -> int:
     defs = build_definitions(config)
     instance = default_instance()
     job_names = STEP_COMMANDS[args.command][0]
-    status = EXIT_OK
+    results: list[DayResult] = []
     if args.command == "run":
-        status = _build_catalogs(defs, config, targets, instance)
+        results = _build_catalogs(defs, config, targets, instance, args.verbose)
+    failed_catalogs = {r.entry.key for r in results if r.outcome != "ok"}
     for entry, days in plan:
         if not days:
             print(f"{entry.tenant}/{entry.surface}: nothing to do (checkpoint is up to date)")
+        # The checkpoint moves only over consecutive successes, so that `--incremental`
+        # takes a failed day up again.
+        checkpoint = True
         for day in days:
-            if status != EXIT_OK:
+            if args.fail_fast and any(r.outcome == "FAILED" for r in results):
                 break
+            if entry.key in failed_catalogs:
+                results.append(DayResult(entry, str(day), "skipped", "item_catalog", "catalog"))
+                continue
             started = time.perf_counter()
             key = partition_key(day, entry.tenant, entry.surface)
-            outcome = execute(defs, job_names[0], key, instance)
+            print(f"{day} {entry.tenant}/{entry.surface} {args.command}:", flush=True)
+            run = {"tags": tags, "on_step": _print_step, "verbose": args.verbose}
+            outcome = execute(defs, job_names[0], key, instance, **run)
             for job_name in job_names[1:]:
                 if outcome.success:
-                    outcome = merge(outcome, execute(defs, job_name, key, instance))
+                    outcome = merge(outcome, execute(defs, job_name, key, instance, **run))
             seconds = time.perf_counter() - started
             if outcome.success:
                 print(
@@ -201,26 +338,44 @@ def run_steps(args: argparse.Namespace) -> int:
                     f"({len(outcome.materialized)} assets, {seconds:.1f}s)",
                     flush=True,
                 )
-                if args.command == "run":
+                results.append(DayResult(entry, str(day), "ok"))
+                if args.command == "run" and checkpoint:
                     _write_checkpoint(config, entry, day)
                 continue
-            status = EXIT_FAILED
-            what = (
-                "blocking check failed: " + "; ".join(outcome.failed_checks)
-                if outcome.failed_checks
-                else "step failed: " + ", ".join(outcome.failed_steps)
-            )
+            checkpoint = False
+            failed, reason = _failure(outcome)
+            results.append(DayResult(entry, str(day), "FAILED", failed, reason))
             print(
-                f"{day} {entry.tenant}/{entry.surface} {args.command}: FAILED, {what}",
+                f"{day} {entry.tenant}/{entry.surface} {args.command}: FAILED, {outcome.reason}",
                 file=sys.stderr,
                 flush=True,
             )
-            for message in outcome.messages:
-                print(f"  {message}", file=sys.stderr)
-            break
-    if status == EXIT_OK:
-        _print_outputs(config, targets, args.command)
-    return status
+    if len(results) > 1 or any(r.outcome != "ok" for r in results):
+        _print_summary(results)
+    if any(r.outcome != "ok" for r in results):
+        return EXIT_FAILED
+    _print_outputs(config, targets, args.command)
+    return EXIT_OK
+
+
+def _print_summary(results: list[DayResult]) -> None:
+    """The run's table: one row per tenant/surface and day, failures with their reason."""
+    header = ("tenant/surface", "day", "outcome", "failed", "reason")
+    rows = [
+        (f"{r.entry.tenant}/{r.entry.surface}", r.day, r.outcome, r.failed, r.reason)
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    print("\nsummary:")
+    for row in [header, *rows]:
+        print(
+            "  "
+            + "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
+            + "  "
+            + row[4]
+        )
+    failed = sum(r.outcome != "ok" for r in results)
+    print(f"  {len(results) - failed} ok, {failed} failed or skipped", flush=True)
 
 
 def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str) -> None:
@@ -251,23 +406,28 @@ def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str
             print(f"current manifest:     {registry.store.uri(key)}")
 
 
-def _build_catalogs(defs, config: AppConfig, targets: list[TenantSurface], instance) -> int:
+def _build_catalogs(
+    defs, config: AppConfig, targets: list[TenantSurface], instance, verbose: bool
+) -> list[DayResult]:
     """`run` refreshes the item catalog of every tenant/surface that has one, first."""
     from recsys_assets.runner import execute
 
+    results = []
     for entry in targets:
         if config.catalog_for(entry) is None:
             continue
-        outcome = execute(defs, "catalog_job", entry.key, instance)
+        outcome = execute(defs, "catalog_job", entry.key, instance, verbose=verbose)
         if not outcome.success:
+            failed, reason = _failure(outcome)
             print(
-                f"{entry.tenant}/{entry.surface} catalog: FAILED, "
-                + "; ".join(outcome.messages or outcome.failed_steps),
+                f"{entry.tenant}/{entry.surface} catalog: FAILED, {outcome.reason}",
                 file=sys.stderr,
             )
-            return EXIT_FAILED
+            results.append(DayResult(entry, "catalog", "FAILED", failed, reason))
+            continue
         print(f"{entry.tenant}/{entry.surface} catalog: ok", flush=True)
-    return EXIT_OK
+        results.append(DayResult(entry, "catalog", "ok"))
+    return results
 
 
 def catalog_command(args: argparse.Namespace) -> int:
@@ -279,7 +439,10 @@ def catalog_command(args: argparse.Namespace) -> int:
     if not targets:
         print("no catalog is configured for the selected tenant/surfaces")
         return EXIT_OK
-    return _build_catalogs(build_definitions(config), config, targets, default_instance())
+    results = _build_catalogs(
+        build_definitions(config), config, targets, default_instance(), args.verbose
+    )
+    return EXIT_FAILED if any(r.outcome != "ok" for r in results) else EXIT_OK
 
 
 def registry_command(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ class Limits(_Model):
     max_items_per_artifact: PositiveInt = 1000
     max_items_per_user: PositiveInt = 50
     min_cooc_support: PositiveInt = 1
+    # A day whose source has no input fails `source_present` unless this is true.
+    allow_missing_source: bool = False
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Limits:
@@ -159,6 +161,8 @@ class Catalog(_Model):
 class Publish(_Model):
     freshness_hours: Annotated[float, Field(gt=0)] = 36
     cas_retries: NonNegativeInt = 5
+    # no_collapse: each list of an artifact keeps at least this share of the live rows.
+    min_row_ratio: Ratio = 0.5
 
 
 class TenantSurface(_Model):
@@ -382,7 +386,19 @@ def parse_config(raw: Any, source: str = "<dict>", root: Path = REPO_ROOT) -> Ap
                 prefix = f"tenants[{entry.tenant}/{entry.surface}].artifacts.{artifact_type}"
                 message = _format_errors(source, exc).replace(f"{source}: ", f"{source}: {prefix}.")
                 raise ConfigError(message) from None
-    return _resolve_paths(config, root)
+    config = _resolve_paths(config, root)
+    _check_catalogs(config, source)
+    return config
+
+
+def _check_catalogs(config: AppConfig, source: str) -> None:
+    """A catalog file that is not there is a config error at load, not a failed run."""
+    catalogs = [("catalog.path", config.catalog)] + [
+        (f"tenants[{t.tenant}/{t.surface}].catalog.path", t.catalog) for t in config.tenants
+    ]
+    for key, catalog in catalogs:
+        if catalog is not None and not catalog.path.is_file():
+            raise ConfigError(f"config {source}: {key}: no such file, got {str(catalog.path)!r}")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> AppConfig:

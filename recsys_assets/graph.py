@@ -25,6 +25,7 @@ from recsys_assets.publish.assets import (
     publish_sensor,
 )
 from recsys_assets.publish.resources import publish_targets
+from recsys_assets.runner import LOGGERS
 from recsys_assets.signals.assets import (
     DB_SIGNALS,
     ITEM_TAGS,
@@ -155,4 +156,5 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         schedules=[daily_schedule, freshness_schedule(config, jobs["freshness_job"])],
         sensors=[publish_sensor(config)],
         resources=build_resources(config),
+        loggers=LOGGERS,
     )

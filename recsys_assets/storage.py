@@ -137,8 +137,7 @@ class LocalStore(Store):
     def _write_atomic(
         self, path: Path, data: bytes | Iterable[Any], *, durable: bool = True
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_beside(path)
         try:
             with os.fdopen(fd, "wb") as handle:
                 for part in [data] if isinstance(data, bytes) else data:
@@ -165,8 +164,7 @@ class LocalStore(Store):
         path = self._path(key)
         if path.exists():
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_beside(path)
         with os.fdopen(fd, "wb") as handle:
             for part in parts:
                 handle.write(part)
@@ -222,6 +220,26 @@ class LocalStore(Store):
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@functools.cache
+def _umask() -> int:
+    # Reading the umask means setting it: done once, as the first file is written, rather
+    # than while background threads may be creating files under a zero umask.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file next to `path`, open for writing, with the mode a plain `open`
+    would give (0666 less the umask): `mkstemp` makes it 0600, and the file keeps that mode
+    when it is renamed into place, where an online service running as another user must
+    read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
 
 
 def _is_lock_file(path: Path) -> bool:

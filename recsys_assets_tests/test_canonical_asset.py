@@ -52,8 +52,15 @@ def test_materialization_writes_partition_rejects_and_marker(make_config, write_
     assert metadata["content_hash"].value == marker["content_hash"]
     assert outcome.checks == {
         f"canonical_exposures:{name}": True
-        for name in ("bad_row_ratio", "event_volume", "cardinality", "events_in_window")
+        for name in (
+            "source_present",
+            "bad_row_ratio",
+            "event_volume",
+            "cardinality",
+            "events_in_window",
+        )
     }
+    assert marker["source_missing"] is False
 
 
 def test_rerun_changes_no_byte_and_no_mtime(make_config, write_day, instance):
@@ -74,13 +81,29 @@ def test_failing_guard_fails_the_run_and_names_the_rule(make_config, write_day, 
     assert any("bad_row_ratio" in c and "0.500000" in c for c in outcome.failed_checks)
 
 
-def test_empty_day_is_an_empty_partition(make_config, instance):
+def test_empty_day_file_is_an_empty_partition(make_config, write_day, instance):
+    write_day(b"")
     config = make_config(limits={"min_events_per_run": 0})
     assert execute(build_definitions(config), "ingest_job", KEY, instance).success
     events, marker = CanonicalStore(location=config.canonical_location).read_events(
         parse_partition_key(KEY)
     )
     assert events.height == 0 and marker["counts"]["lines"] == 0
+    assert marker["source_missing"] is False
+
+
+def test_missing_source_fails_unless_allowed(make_config, tmp_path, instance):
+    outcome = execute(build_definitions(make_config()), "ingest_job", KEY, instance)
+    assert not outcome.success
+    (failed,) = outcome.failed_checks
+    assert failed.startswith("canonical_exposures:source_present")
+    assert str(tmp_path / "raw/demo/home/exposure.2026-01-01.jsonl") in failed
+    lenient = make_config(limits={"allow_missing_source": True})
+    assert execute(build_definitions(lenient), "ingest_job", KEY, instance).success
+    events, marker = CanonicalStore(location=lenient.canonical_location).read_events(
+        parse_partition_key(KEY)
+    )
+    assert events.height == 0 and marker["source_missing"] is True
 
 
 def test_min_events_guard(make_config, instance):

@@ -58,6 +58,7 @@ def test_run_over_days_is_idempotent_and_checkpoints(tmp_path, cli_env):
     assert again.returncode == 0
     assert tree(tmp_path / "out") == before
 
+    write_days(tmp_path, {"2026-01-03": lines(event(day="2026-01-03"))})
     incremental = cli(
         ["run", "--config", str(config), "--incremental", "--end", "2026-01-03"], cli_env
     )
@@ -74,8 +75,15 @@ def test_failed_blocking_check_exits_1_naming_the_check(tmp_path, cli_env):
     )
     assert result.returncode == 1
     assert "canonical_exposures:bad_row_ratio" in result.stderr
-    assert "2026-01-02" not in result.stdout  # stops at the failing day
+    assert "2026-01-02 demo/home run: FAILED" in result.stderr  # goes on: no file that day
     assert not (tmp_path / "out/checkpoints/demo/home.json").exists()
+    fail_fast = cli(
+        ["run", "--config", str(config), "--start", "2026-01-01", "--end", "2026-01-02"]
+        + ["--fail-fast"],
+        cli_env,
+    )
+    assert fail_fast.returncode == 1
+    assert "2026-01-02" not in fail_fast.stdout + fail_fast.stderr  # stops at the failing day
 
 
 def test_usage_and_config_errors_exit_2(tmp_path, cli_env):

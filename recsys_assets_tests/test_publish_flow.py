@@ -135,7 +135,9 @@ def test_failed_publish_leaves_current_untouched(make_config, write_day, instanc
     path = config.out_dir / "registry/current/demo/home/manifest.json"
     before = path.read_bytes()
     # a new day whose staged popularity blob is tampered after its checks passed
-    write_day(lines(event(day="2026-01-02", item_id="Z")), day="2026-01-02")
+    # (as large as the first, or no_collapse would hold it back before publish is reached)
+    day2 = TINY.replace(b"2026-01-01", b"2026-01-02") + lines(event(day="2026-01-02", item_id="Z"))
+    write_day(day2, day="2026-01-02")
     key2 = "2026-01-02|demo__home"
     assert execute(defs, "recsys_daily", key2, instance).success
     folder = config.out_dir / "artifacts/demo/home/popularity/2026-01-02_2026-01-03"

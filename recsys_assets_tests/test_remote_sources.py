@@ -176,6 +176,7 @@ def test_s3_without_objects_is_an_empty_input(s3_connection: S3Connection):  # n
     assert got == RawInput(
         "none", b"", f"s3://{bucket}/nothing/demo/home/exposure.2026-01-01.jsonl"
     )
+    assert got.missing(0)  # the source_present guard fails such a day
 
 
 def test_s3_missing_bucket_is_an_error(s3_connection: S3Connection):  # noqa: F811
@@ -266,7 +267,7 @@ def test_postgres_rows_become_the_events_of_the_equivalent_jsonl(
         event(time="23:59:59.999999", item_id="D", rank=0),
     )
     assert type(got) is RawInput
-    assert (got.layout, got.name, got.source_rejects) == ("day", "postgres:exposure_events", [])
+    assert (got.layout, got.name, got.source_rejects) == ("table", "postgres:exposure_events", [])
     assert [json.loads(line) for line in got.data.splitlines()] == [
         json.loads(line) for line in expected_lines.splitlines()
     ]
@@ -337,6 +338,12 @@ def test_postgres_tenant_by_id_text_and_unknown_tenant(
     tenant_id = resolve_tenant(exposures, "demo", auto_create=False)
     by_id = PostgresEventSource(dsn=pg_db_dsn).read(Partition(str(tenant_id), "home", JAN1.day))
     assert json.loads(by_id.data)["item_id"] == "A"
+    assert not by_id.missing(1)
+    # No row for a day: the source is missing for it, not a day without events.
+    next_day = PostgresEventSource(dsn=pg_db_dsn).read(
+        Partition("demo", "home", JAN1.day + dt.timedelta(days=1))
+    )
+    assert next_day.layout == "table" and next_day.data == b"" and next_day.missing(0)
     with pytest.raises(UnknownTenant, match="tenant 'acme' is not in table tenants"):
         PostgresEventSource(dsn=pg_db_dsn).read(Partition("acme", "home", JAN1.day))
 

@@ -32,6 +32,12 @@ from recsys_assets.config import (
 from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
+from recsys_assets.publish import collapse
+from recsys_assets.publish.collapse import ROW_LISTS
+from recsys_assets.publish.manifest import version_of_uri
+from recsys_assets.publish.registry import blob_key
+from recsys_assets.publish.resources import PublishTargets
+from recsys_assets.publish.rollback import default_actor
 
 AGGREGATES = dg.AssetKey("daily_aggregates")
 CATALOG = dg.AssetKey("item_catalog")
@@ -180,6 +186,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         )
         return dg.MaterializeResult(
             metadata={
+                "rows": sum(written["rows"].values()),
                 **{f"rows_{kind}": dg.MetadataValue.int(n) for kind, n in written["rows"].items()},
                 **{f"cooc_{k}": dg.MetadataValue.int(int(v)) for k, v in stats.items()},
                 "params": dg.MetadataValue.json(params),
@@ -296,6 +303,7 @@ def artifact_asset(
                 # How each large aggregate's window sum was obtained (see artifacts.window).
                 **({"window_merge": dg.MetadataValue.json(data.merge)} if data.merge else {}),
                 "source_hash": data.source_hash,
+                **{f"rows_{name}": len(payload[name]) for name in ROW_LISTS[spec.artifact_type]},
                 **{k: v for k, v in stats.items() if isinstance(v, int | float | str)},
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
             }
@@ -304,16 +312,35 @@ def artifact_asset(
     return artifact
 
 
-def artifact_checks(
-    spec: ArtifactSpec, config: AppConfig, partitions_def: dg.PartitionsDefinition
-) -> dg.AssetChecksDefinition:
-    """Blocking checks of SPEC §6 on the staged blob; cooc also guards its crawler share."""
-    key = dg.AssetKey(spec.artifact_type)
+def check_names(artifact_type: str) -> dict[str, str]:
+    """The blocking checks of an artifact type, name -> description; publishing waits for
+    each of them."""
     names = {"valid": "schema, envelope, version, caps, ids, scores (SPEC §6)"}
-    if spec.artifact_type == "cooc":
+    if artifact_type == "cooc":
         names["excluded_event_ratio"] = (
             "share of events in over-long sessions <= limits.max_excluded_event_ratio"
         )
+    names["no_collapse"] = (
+        "rows of each list >= publish.min_row_ratio of the live version's, and not zero "
+        "when live has rows (forced with --allow-collapse, audited)"
+    )
+    return names
+
+
+# Run tags by which an operator lets a collapse through for one run (`--allow-collapse`):
+# the types ("all" or a comma list), who decided and why. The check audits each use.
+ALLOW_COLLAPSE_TAG = "recsys/allow_collapse"
+ACTOR_TAG = "recsys/actor"
+REASON_TAG = "recsys/reason"
+
+
+def artifact_checks(
+    spec: ArtifactSpec, config: AppConfig, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    """Blocking checks of SPEC §6 on the staged blob; cooc also guards its crawler share;
+    every type guards against collapsing below the live version (`publish.collapse`)."""
+    key = dg.AssetKey(spec.artifact_type)
+    names = check_names(spec.artifact_type)
     specs = [
         dg.AssetCheckSpec(n, asset=key, description=d, blocking=True, partitions_def=partitions_def)
         for n, d in names.items()
@@ -324,6 +351,7 @@ def artifact_checks(
         context: dg.AssetCheckExecutionContext,
         canonical_store: CanonicalStore,
         artifact_store: ArtifactStore,
+        publish_targets: PublishTargets,
     ):
         partition = parse_partition_key(context.partition_key)
         entry = config.tenant(partition.tenant, partition.surface)
@@ -331,19 +359,28 @@ def artifact_checks(
         selected = {k.name for k in context.selected_asset_check_keys}
         reason = disabled_reason(config, entry, spec.artifact_type, settings)
         results: dict[str, tuple[bool, str, dict]] = {}
+        window = artifact_window(entry, spec.artifact_type, partition.day, settings.window_days)
+        staged = None if reason else artifact_store.current(window)
         if reason:
             for name in names:
                 results[name] = (True, f"skipped: {reason}", {"skipped": True})
+        elif staged is None:
+            for name in names:
+                results[name] = (False, f"nothing staged under {window.prefix}", {})
         else:
-            window = artifact_window(entry, spec.artifact_type, partition.day, settings.window_days)
-            problems, meta = staged_problems(
-                artifact_store, window, caps_for(config, spec.artifact_type, settings)
-            )
+            version, blob = staged
+            caps = caps_for(config, spec.artifact_type, settings)
+            problems = validate_blob(blob, expected_for(window), caps)
             results["valid"] = (
                 not problems,
                 "; ".join(problems[:5]) or "artifact is valid",
-                meta | {"problems": len(problems)},
+                {"version": version, "bytes": len(blob), "problems": len(problems)},
             )
+            if "no_collapse" in selected:
+                results["no_collapse"] = _no_collapse(
+                    context, config, entry, spec.artifact_type, version, blob, publish_targets
+                )
+            del blob
             if "excluded_event_ratio" in names:
                 data = load_window(
                     canonical_store,
@@ -380,6 +417,74 @@ def artifact_checks(
     return checks
 
 
+def _no_collapse(
+    context: dg.AssetCheckExecutionContext,
+    config: AppConfig,
+    entry: TenantSurface,
+    artifact_type: str,
+    version: str,
+    blob: Any,
+    publish_targets: PublishTargets,
+) -> tuple[bool, str, dict]:
+    """The `no_collapse` verdict on a staged blob against the live version of its type."""
+    object_store, registry = publish_targets.stores()
+    manifest = registry.manifest(entry.tenant, entry.surface)
+    pointer = (manifest or {}).get("current", {}).get(artifact_type)
+    live_version = version_of_uri(pointer) if pointer else None
+    rows = collapse.row_counts(artifact_type, blob)
+    live_rows = None
+    if live_version == version:
+        live_rows = rows
+    elif live_version is not None:
+        live_blob = object_store.read_buffer(
+            blob_key(entry.tenant, entry.surface, artifact_type, live_version)
+        )
+        if live_blob is None:
+            return (
+                True,
+                f"{artifact_type}: live version {live_version} is missing from the object "
+                "store; nothing to compare with",
+                {"rows": dg.MetadataValue.json(rows), "live_version": live_version},
+            )
+        live_rows = collapse.row_counts(artifact_type, live_blob)
+    verdict = collapse.no_collapse(
+        artifact_type, rows, live_rows, live_version, config.publish.min_row_ratio
+    )
+    metadata: dict[str, Any] = {
+        **{f"rows_{name}": n for name, n in rows.items()},
+        **{f"live_rows_{name}": n for name, n in (live_rows or {}).items()},
+        "live_version": live_version or "",
+    }
+    allowed = context.run.tags.get(ALLOW_COLLAPSE_TAG, "")
+    forced = allowed == "all" or artifact_type in allowed.split(",")
+    if verdict.passed or not forced:
+        return verdict.passed, verdict.message, metadata
+    actor = context.run.tags.get(ACTOR_TAG) or default_actor()
+    reason = context.run.tags.get(REASON_TAG, "")
+    registry.append_audit(
+        entry.tenant,
+        entry.surface,
+        {
+            "actor": actor,
+            "at": _now(),
+            "action": "allow_collapse",
+            "artifact_type": artifact_type,
+            "from": live_version,
+            "to": version,
+            "reason": reason,
+            "detail": verdict.message,
+            "run_id": context.run.run_id,
+        },
+        retries=config.publish.cas_retries,
+    )
+    context.log.warning(f"{verdict.message}: allowed by {actor} ({reason or 'no reason given'})")
+    return (
+        True,
+        f"forced by {actor} (--allow-collapse, audited): {verdict.message}",
+        metadata | {"forced": True},
+    )
+
+
 def caps_for(config: AppConfig, artifact_type: str, settings: ArtifactSettings) -> Caps:
     """The caps and filters a type's builder applied, for its validation."""
     limits = config.limits
@@ -407,17 +512,6 @@ def expected_for(window: ArtifactWindow) -> Expected:
         window_start=window.start,
         window_end_exclusive=window.end,
     )
-
-
-def staged_problems(
-    artifact_store: ArtifactStore, window: ArtifactWindow, caps: Caps
-) -> tuple[list[str], dict]:
-    """Problems of the blob a window's `current.version` names, and what was checked."""
-    current = artifact_store.current(window)
-    if current is None:
-        return [f"nothing staged under {window.prefix}"], {}
-    version, blob = current
-    return validate_blob(blob, expected_for(window), caps), {"version": version, "bytes": len(blob)}
 
 
 def catalog_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):

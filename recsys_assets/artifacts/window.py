@@ -135,7 +135,9 @@ def load_window(
     markers: dict[dt.date, dict] = {}
     recomputed: dict[dt.date, dict[str, Aggregate]] = {}
     missing, sources = [], []
-    for current in day_range(start, end - dt.timedelta(days=1)):
+    # The envelope keeps the nominal window (SPEC §4); days before start_date have no
+    # partition, so they are neither read nor listed as missing.
+    for current in day_range(max(start, config.start_date), end - dt.timedelta(days=1)):
         partition = Partition(entry.tenant, entry.surface, current)
         marker = store.marker(partition, "aggregates")
         source_hash = marker["source_hash"] if marker else None

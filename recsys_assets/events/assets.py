@@ -60,7 +60,13 @@ def canonical_asset(
             name = f"{raw.sha256_hex()}.jsonl"
             metadata["unattributed_path"] = canonical_store.write_unattributed(name, orphans)
             metadata["unattributed_lines"] = orphans.count(b"\n")
-        marker = canonical_store.write(partition, result, raw.name)
+        missing = raw.missing(result.counts["attributed_lines"])
+        if missing:
+            context.log.warning(
+                f"{partition.tenant}/{partition.surface} {partition.day}: source {raw.name} "
+                "has no input for the partition"
+            )
+        marker = canonical_store.write(partition, result, raw.name, source_missing=missing)
         seconds = time.perf_counter() - started
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: "
@@ -75,6 +81,7 @@ def canonical_asset(
                 "path": dg.MetadataValue.path(canonical_store.uri(exposures_key(partition))),
                 "rejects_path": dg.MetadataValue.path(canonical_store.uri(rejects_key(partition))),
                 "source": raw.name,
+                "source_missing": missing,
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
                 **metadata,
             },
@@ -103,7 +110,7 @@ def canonical_checks(
         start, end = partition.window
         outside = events.filter((pl.col("ts") < start) | (pl.col("ts") >= end)).height
         selected = {key.name for key in context.selected_asset_check_keys}
-        for guard in canonical_guards(marker["counts"], config.limits, outside):
+        for guard in canonical_guards(marker, config.limits, outside):
             if guard.name not in selected:
                 continue
             if not guard.passed:

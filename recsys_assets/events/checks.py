@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from recsys_assets.config import Limits
 
 CANONICAL_CHECKS = {
+    "source_present": "the raw source has input for the partition, unless "
+    "limits.allow_missing_source",
     "bad_row_ratio": "rejects / lines attributed to the partition <= limits.max_bad_row_ratio",
     "event_volume": "events within [limits.min_events_per_run, limits.max_events_per_run]",
     "cardinality": "distinct sessions, items and users within their limits",
@@ -22,13 +24,35 @@ class GuardResult:
     metadata: dict[str, float | int | str]
 
 
-def canonical_guards(counts: dict[str, int], limits: Limits, outside: int) -> list[GuardResult]:
-    """Evaluate every canonical guard from a partition's counts."""
+def canonical_guards(marker: dict, limits: Limits, outside: int) -> list[GuardResult]:
+    """Evaluate every canonical guard from a partition's marker (its counts and source) and
+    the number of its events outside the day."""
+    counts = marker["counts"]
+    missing = bool(marker.get("source_missing"))
+    if not missing:
+        present = f"source {marker['source']} holds input for the partition"
+    elif limits.allow_missing_source:
+        present = (
+            f"source {marker['source']} is missing: accepted as a day without events "
+            "(limits.allow_missing_source)"
+        )
+    else:
+        present = (
+            f"source {marker['source']} is missing: no input for the partition (a wrong "
+            "raw_source, or the day is not delivered yet); limits.allow_missing_source: true "
+            "accepts such days as empty"
+        )
     attributed = counts["attributed_lines"]
     rejects = counts["rejects"]
     ratio = rejects / attributed if attributed else 0.0
     events = counts["rows"]
     results = [
+        GuardResult(
+            "source_present",
+            not missing or limits.allow_missing_source,
+            present,
+            {"source_missing": missing, "source": str(marker["source"])},
+        ),
         GuardResult(
             "bad_row_ratio",
             ratio <= limits.max_bad_row_ratio,

@@ -260,7 +260,7 @@ _COLUMNS = (
 
 class PostgresEventSource(RawEventSource):
     """The online service's `exposure_events` rows of the partition's tenant, surface and UTC
-    day, each response item as one event line (a per-day input: layout "day").
+    day, each response item as one event line (parsed as a per-day file: layout "table").
 
     The tenant is the tenants row whose `external_id` or `id::text` is the partition's
     tenant. An item without `rank` gets its 0-based position in the response; a row whose
@@ -312,7 +312,7 @@ class PostgresEventSource(RawEventSource):
             # escapes (JSON has already escaped control characters, tabs and newlines).
             data = data.replace(b"\\\\", b"\\")
         data, rejects = _split_rejects(data.replace(b"\x1e", b"\n"))
-        return RawInput("day", data, f"postgres:{self.exposure_table}", source_rejects=rejects)
+        return RawInput("table", data, f"postgres:{self.exposure_table}", source_rejects=rejects)
 
 
 def _split_rejects(data: bytes) -> tuple[bytes, list[dict[str, Any]]]:

@@ -19,13 +19,14 @@ FLAT_FILE = "exposure.jsonl"
 
 @dataclass(frozen=True)
 class RawInput:
-    """What a source holds for one partition: a per-day file, the flat file, or nothing.
+    """What a source holds for one partition: a per-day file, the flat file, a table's rows,
+    or nothing.
 
     Its bytes are `data`, or the local file at `path` (then `data` is empty), which `open`
     streams so that a big file is never in memory whole.
     """
 
-    layout: str  # "day" | "flat" | "none"
+    layout: str  # "day" | "flat" | "table" | "none"
     data: bytes
     name: str
     # What a source could not turn into lines (a database row: `id`, `request_id`, `reason`,
@@ -40,6 +41,12 @@ class RawInput:
     @property
     def size(self) -> int:
         return self.path.stat().st_size if self.path is not None else len(self.data)
+
+    def missing(self, attributed_lines: int) -> bool:
+        """Whether the source is absent for the partition, as opposed to holding a day without
+        events: no per-day file and no flat file, or a flat file or table with no line at all
+        for the partition. A per-day file that exists speaks for its day even when empty."""
+        return self.layout == "none" or (self.layout != "day" and attributed_lines == 0)
 
     def sha256_hex(self) -> str:
         with self.open() as stream:
@@ -69,4 +76,5 @@ class FilesystemEventSource(RawEventSource):
         flat = root / FLAT_FILE
         if flat.is_file():
             return RawInput("flat", b"", FLAT_FILE, path=flat)
-        return RawInput("none", b"", day_file.relative_to(root).as_posix())
+        # Named in full: a mistyped raw_source.dir shows in the guard's message.
+        return RawInput("none", b"", f"{day_file} (nor {flat})")

@@ -53,9 +53,17 @@ class CanonicalStore(LocationResource):
     """Canonical partitions under `location` (a local path; `s3://` with the S3 backend)."""
 
     def write(
-        self, partition: Partition, canonical: CanonicalPartition, source: str
+        self,
+        partition: Partition,
+        canonical: CanonicalPartition,
+        source: str,
+        source_missing: bool = False,
     ) -> dict[str, object]:
-        """Write exposures and rejects, then the marker; returns the marker."""
+        """Write exposures and rejects, then the marker; returns the marker.
+
+        `source_missing` records that the source had no input for the partition (see
+        `RawInput.missing`), which the `source_present` guard tells from a day without events.
+        """
         store = self.store()
         events = parquet_bytes(canonical.events)
         rejects = ndjson_bytes(canonical.rejects)
@@ -70,6 +78,7 @@ class CanonicalStore(LocationResource):
             "content_hash": sha256_hex(events),
             "rejects_hash": sha256_hex(rejects),
             "source": source,
+            "source_missing": source_missing,
             "counts": canonical.counts,
             "rejects_by_reason": canonical.rejects_by_reason,
         }

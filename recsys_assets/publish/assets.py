@@ -9,6 +9,7 @@ import orjson
 from recsys_assets.artifacts.assets import (
     artifact_window,
     caps_for,
+    check_names,
     disabled_reason,
     expected_for,
 )
@@ -28,8 +29,9 @@ SENSOR_OVERLAP = 200  # storage ids re-read each tick: commits can land out of o
 
 
 def check_keys(artifact_type: str) -> list[dg.AssetCheckKey]:
-    names = ["valid", "excluded_event_ratio"] if artifact_type == "cooc" else ["valid"]
-    return [dg.AssetCheckKey(dg.AssetKey(artifact_type), name) for name in names]
+    return [
+        dg.AssetCheckKey(dg.AssetKey(artifact_type), name) for name in check_names(artifact_type)
+    ]
 
 
 def enabled_types(config: AppConfig, tenant_surface: str) -> list[str]:

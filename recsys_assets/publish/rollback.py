@@ -20,7 +20,7 @@ from recsys_assets.publish.protocol import verified_document
 from recsys_assets.publish.registry import Registry, blob_key, io_step
 from recsys_assets.storage import Store
 
-_VERSION = re.compile(r"^[0-9a-f]{64}$")
+VERSION_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_actor() -> str:
@@ -69,7 +69,7 @@ def rollback(
     """
     if (version is None) == (not previous):
         raise ValueError("rollback needs exactly one of a version or previous=True")
-    if version is not None and not _VERSION.match(version):
+    if version is not None and not VERSION_PATTERN.match(version):
         raise ValueError(f"version must be 64 lower-case hex digits, got {version!r}")
     target = version or _previous_version(registry, tenant, surface, artifact_type)
     record = registry.record(tenant, surface, artifact_type, target)
