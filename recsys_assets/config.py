@@ -165,12 +165,44 @@ class Publish(_Model):
     min_row_ratio: Ratio = 0.5
 
 
+class QualityCheck(_Model):
+    """The quality checks of one artifact type (see recsys_assets/quality)."""
+
+    beats_baseline: bool = True
+    min_lift_over_popularity: Annotated[float, Field(ge=0)] = 1.0
+    no_regression: bool = True
+
+
+class QualityTypes(_Model):
+    # popularity is the baseline itself; content_sim ranks by tags, not by behaviour, so
+    # it is not held to beating popularity unless a tenant asks for it.
+    popularity: QualityCheck = QualityCheck(beats_baseline=False)
+    cooc: QualityCheck = QualityCheck()
+    implicit: QualityCheck = QualityCheck()
+    content_sim: QualityCheck = QualityCheck(beats_baseline=False)
+    session_seq: QualityCheck = QualityCheck()
+
+
+class Quality(_Model):
+    """Offline evaluation on the held-out day and the checks that gate publishing."""
+
+    enabled: bool = True
+    # Below this many cases a task's figures are noise: the checks pass as skipped.
+    min_cases: PositiveInt = 200
+    max_relative_drop: Ratio = 0.2
+    # Cases evaluated at most (whole sessions / users, chosen by a seeded hash of their id).
+    max_cases: PositiveInt = 200_000
+    max_users: PositiveInt = 20_000
+    types: QualityTypes = QualityTypes()
+
+
 class TenantSurface(_Model):
     tenant: str
     surface: str
     segment: str = ""
     catalog: Catalog | None = None
     artifacts: dict[str, dict[str, Any]] = {}
+    quality: dict[str, Any] = {}
 
     @field_validator("tenant", "surface")
     @classmethod
@@ -214,6 +246,7 @@ class AppConfig(_Model):
     limits: Limits = Limits()
     artifacts: Artifacts = Artifacts()
     publish: Publish = Publish()
+    quality: Quality = Quality()
 
     @field_validator("start_date", mode="before")
     @classmethod
@@ -250,6 +283,13 @@ class AppConfig(_Model):
             return base
         return type(base).model_validate({**base.model_dump(), **override})
 
+    def quality_for(self, entry: TenantSurface) -> Quality:
+        """The quality settings with the tenant/surface's own overrides applied (nested
+        objects merge key by key)."""
+        if not entry.quality:
+            return self.quality
+        return Quality.model_validate(_merged(self.quality.model_dump(), entry.quality))
+
     @property
     def canonical_location(self) -> str:
         return self.canonical_dir or str(self.out_dir / "canonical")
@@ -264,6 +304,14 @@ class AppConfig(_Model):
 
     def catalog_for(self, entry: TenantSurface) -> Catalog | None:
         return entry.catalog or self.catalog
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if nested else value
+    return out
 
 
 def parse_day(value: str) -> dt.date:
@@ -379,13 +427,21 @@ def parse_config(raw: Any, source: str = "<dict>", root: Path = REPO_ROOT) -> Ap
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
     for entry in config.tenants:
+        where = f"tenants[{entry.tenant}/{entry.surface}]"
         for artifact_type in entry.artifacts:
             try:
                 config.artifact_settings(entry, artifact_type)
             except ValidationError as exc:
-                prefix = f"tenants[{entry.tenant}/{entry.surface}].artifacts.{artifact_type}"
+                prefix = f"{where}.artifacts.{artifact_type}"
                 message = _format_errors(source, exc).replace(f"{source}: ", f"{source}: {prefix}.")
                 raise ConfigError(message) from None
+        try:
+            config.quality_for(entry)
+        except ValidationError as exc:
+            message = _format_errors(source, exc).replace(
+                f"{source}: ", f"{source}: {where}.quality."
+            )
+            raise ConfigError(message) from None
     config = _resolve_paths(config, root)
     _check_catalogs(config, source)
     return config

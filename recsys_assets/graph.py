@@ -25,6 +25,7 @@ from recsys_assets.publish.assets import (
     publish_sensor,
 )
 from recsys_assets.publish.resources import publish_targets
+from recsys_assets.quality.assets import QUALITY, quality_asset
 from recsys_assets.runner import LOGGERS
 from recsys_assets.signals.assets import (
     DB_SIGNALS,
@@ -89,6 +90,7 @@ def build_assets(config: AppConfig) -> list[dg.AssetsDefinition | dg.AssetChecks
         canonical_asset(config, daily),
         canonical_checks(config, daily),
         *build_artifact_assets(config, daily, per_tenant),
+        quality_asset(config, daily),
         publish_asset(config, daily),
         db_signals_asset(config, daily),
         item_tags_asset(config, per_tenant),
@@ -101,7 +103,7 @@ def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     canonical = dg.AssetSelection.assets(CANONICAL)
     steps = {
         DAILY_JOB: (
-            dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES, DB_SIGNALS),
+            dg.AssetSelection.assets(CANONICAL, AGGREGATES, *ARTIFACT_TYPES, QUALITY, DB_SIGNALS),
             "Every asset of one UTC day for one tenant/surface, up to staged, checked "
             "artifacts; the publish sensor takes it from there.",
         ),

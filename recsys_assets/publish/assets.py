@@ -22,6 +22,7 @@ from recsys_assets.publish import protocol
 from recsys_assets.publish.errors import PublishError
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.status import status
+from recsys_assets.quality.assets import QUALITY, quality_check_keys
 
 PUBLISH = dg.AssetKey("publish")
 FRESHNESS = dg.AssetKey("manifest_freshness")
@@ -32,6 +33,15 @@ def check_keys(artifact_type: str) -> list[dg.AssetCheckKey]:
     return [
         dg.AssetCheckKey(dg.AssetKey(artifact_type), name) for name in check_names(artifact_type)
     ]
+
+
+def gate_keys(artifact_type: str) -> list[dg.AssetCheckKey]:
+    """Every blocking check a type's publishing waits for: its own and its quality checks."""
+    return check_keys(artifact_type) + quality_check_keys(artifact_type)
+
+
+# What the sensor watches: a new materialization of any of these may make a partition ready.
+WATCHED = [dg.AssetKey(t) for t in ARTIFACT_TYPES] + [QUALITY]
 
 
 def enabled_types(config: AppConfig, tenant_surface: str) -> list[str]:
@@ -49,10 +59,11 @@ def readiness(
     """Per partition: "ready", "waiting" (not built or checked yet) or "failed" (a check failed).
 
     Ready means every enabled artifact type is materialized and each of its blocking checks'
-    latest result passed and targets the latest materialization. Disabled types don't count.
+    latest result passed and targets the latest materialization, its quality checks (on
+    `artifact_quality` of the same day) included. Disabled types don't count.
     """
     wanted = {key: enabled_types(config, key.split("|", 1)[1]) for key in partition_keys}
-    keys = sorted({k for types in wanted.values() for t in types for k in check_keys(t)})
+    keys = sorted({k for types in wanted.values() for t in types for k in gate_keys(t)})
     infos = instance.event_log_storage.get_asset_check_partition_info(
         keys, partition_keys=partition_keys
     )
@@ -60,7 +71,7 @@ def readiness(
     out = {}
     for partition_key, types in wanted.items():
         state = "ready"
-        for check_key in (k for t in types for k in check_keys(t)):
+        for check_key in (k for t in types for k in gate_keys(t)):
             info = by_key.get((check_key, partition_key))
             if info is None or info.latest_materialization_storage_id is None:
                 state = "waiting"
@@ -75,6 +86,19 @@ def readiness(
     return out
 
 
+def failed_checks(instance: dg.DagsterInstance, config: AppConfig, key: str) -> list[str]:
+    """The blocking checks of a partition whose result on the latest materialization failed
+    (a check not run yet is not a failure: publishing a type staged alone stays possible)."""
+    types = enabled_types(config, key.split("|", 1)[1])
+    keys = [k for t in types for k in gate_keys(t)]
+    infos = instance.event_log_storage.get_asset_check_partition_info(keys, partition_keys=[key])
+    return sorted(
+        f"{info.check_key.asset_key.to_user_string()}:{info.check_key.name}"
+        for info in infos
+        if info.is_current and info.latest_execution_status.value == "FAILED"
+    )
+
+
 def _new_materializations(
     instance: dg.DagsterInstance, after: int, seen: set[int]
 ) -> tuple[dict[str, int], int, set[int]]:
@@ -86,12 +110,12 @@ def _new_materializations(
     touched: dict[str, int] = {}
     newest = after
     now_seen: set[int] = set()
-    for artifact_type in ARTIFACT_TYPES:
+    for asset_key in WATCHED:
         cursor = None
         while True:
             result = instance.fetch_materializations(
                 dg.AssetRecordsFilter(
-                    asset_key=dg.AssetKey(artifact_type),
+                    asset_key=asset_key,
                     after_storage_id=max(0, after - SENSOR_OVERLAP) or None,
                 ),
                 limit=1000,
@@ -113,10 +137,8 @@ def _new_materializations(
 
 def _latest_storage_id(instance: dg.DagsterInstance) -> int:
     newest = 0
-    for artifact_type in ARTIFACT_TYPES:
-        result = instance.fetch_materializations(
-            dg.AssetKey(artifact_type), limit=1, ascending=False
-        )
+    for asset_key in WATCHED:
+        result = instance.fetch_materializations(asset_key, limit=1, ascending=False)
         if result.records:
             newest = max(newest, result.records[0].storage_id)
     return newest
@@ -177,7 +199,7 @@ def publish_sensor(config: AppConfig) -> dg.SensorDefinition:
 
 def _check_summary(instance: dg.DagsterInstance, artifact_type: str, key: str) -> dict:
     infos = instance.event_log_storage.get_asset_check_partition_info(
-        check_keys(artifact_type), partition_keys=[key]
+        gate_keys(artifact_type), partition_keys=[key]
     )
     return {info.check_key.name: info.latest_execution_status.value.lower() for info in infos}
 
@@ -198,6 +220,12 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
     ) -> dg.MaterializeResult:
         partition = parse_partition_key(context.partition_key)
         entry = config.tenant(partition.tenant, partition.surface)
+        failed = failed_checks(context.instance, config, context.partition_key)
+        if failed:
+            raise dg.Failure(
+                description="publish refused, current manifest unchanged: blocking checks "
+                f"failed: {', '.join(failed)}"
+            )
         object_store, registry = publish_targets.stores()
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)

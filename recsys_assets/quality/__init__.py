@@ -1,0 +1,1 @@
+"""Offline evaluation of artifacts on held-out days and the quality gate before publish."""

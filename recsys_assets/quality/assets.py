@@ -1,0 +1,358 @@
+"""The `artifact_quality` asset and its blocking checks: thin wiring over `evaluate`.
+
+For day D it scores the artifacts whose window ends with D-1 (the held-out day is D, which
+none of them has seen) and, for `no_regression`, the version the manifest points at now, on
+the same cases. It is a backtest of the build: publishing day D's artifacts, built by the
+same code and config from one more day, waits for it. Its checks run in the daily job, so
+a failure stops the run's publish, and the publish sensor waits for them like the others.
+"""
+
+import datetime as dt
+import time
+from typing import Any
+
+import dagster as dg
+import orjson
+import polars as pl
+
+from recsys_assets.artifacts.assets import artifact_window, disabled_reason
+from recsys_assets.artifacts.staging import ArtifactStore
+from recsys_assets.artifacts.window import load_window
+from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface
+from recsys_assets.events.assets import CANONICAL
+from recsys_assets.events.store import CanonicalStore
+from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
+from recsys_assets.publish.manifest import version_of_uri
+from recsys_assets.publish.registry import blob_key
+from recsys_assets.publish.resources import PublishTargets
+from recsys_assets.quality import evaluate as ev
+
+QUALITY = dg.AssetKey("artifact_quality")
+CHECKS = {
+    "beats_baseline": "HR@10 on the type's task >= min_lift_over_popularity x popularity's",
+    "no_regression": "HR@10 >= (1 - max_relative_drop) x the live version's, same held-out day",
+}
+
+
+def quality_check_names(artifact_type: str) -> list[str]:
+    names = ["no_regression"] if artifact_type == "popularity" else list(CHECKS)
+    return [f"{artifact_type}_{name}" for name in names]
+
+
+def quality_check_keys(artifact_type: str) -> list[dg.AssetCheckKey]:
+    return [dg.AssetCheckKey(QUALITY, name) for name in quality_check_names(artifact_type)]
+
+
+def _previous_day() -> dg.PartitionMapping:
+    """Day D's quality reads the artifacts of day D-1 (same tenant/surface)."""
+    return dg.MultiPartitionMapping(
+        {
+            DATE_DIM: dg.DimensionPartitionMapping(
+                DATE_DIM, dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+            ),
+            TENANT_SURFACE_DIM: dg.DimensionPartitionMapping(
+                TENANT_SURFACE_DIM, dg.IdentityPartitionMapping()
+            ),
+        }
+    )
+
+
+def _history(
+    store: CanonicalStore, config: AppConfig, entry: TenantSurface, day: dt.date, days: int
+) -> pl.DataFrame:
+    """(user, item) seen in the window of `days` days ending with `day`."""
+    window = load_window(store, config, entry, day, days, ["user_item_counts"])
+    window.wait_saved()
+    coded = window.frames["user_item_counts"]
+    matrix = coded.matrix
+    return pl.DataFrame(
+        {
+            "user": coded.rows.gather(pl.Series(coded.row_codes())),
+            "item": coded.columns.gather(pl.Series(matrix.indices)),
+        }
+    )
+
+
+def _live(publish_targets: PublishTargets, entry: TenantSurface) -> dict[str, str]:
+    """Artifact type -> the version the manifest points at now."""
+    _, registry = publish_targets.stores()
+    manifest = registry.manifest(entry.tenant, entry.surface) or {"current": {}}
+    return {t: version_of_uri(uri) for t, uri in manifest["current"].items()}
+
+
+class _Verdict:
+    def __init__(self, passed: bool, message: str, **metadata: Any) -> None:
+        self.passed, self.message, self.metadata = passed, message, metadata
+
+
+def _judge(
+    artifact_type: str,
+    quality: Quality,
+    scores: dict[str, dict[str, dict[str, ev.Metrics]]],
+    versions: dict[str, str],
+    live_scores: dict[str, ev.Metrics],
+    live: dict[str, str],
+) -> dict[str, _Verdict]:
+    """Each quality check's verdict for one type, from the scores of every evaluated list."""
+    out: dict[str, _Verdict] = {}
+    settings = getattr(quality.types, artifact_type)
+    name, task = ev.PRIMARY[artifact_type]
+    mine = scores.get("candidate", {}).get(name, {}).get(task)
+    if mine is None:
+        skipped = _Verdict(
+            True, f"skipped: no {artifact_type} artifact for the window", skipped=True
+        )
+        return {check: skipped for check in quality_check_names(artifact_type)}
+    too_few = mine.cases < quality.min_cases
+    few = f"skipped: {mine.cases} {task} cases < quality.min_cases {quality.min_cases}"
+    if artifact_type != "popularity":
+        check = f"{artifact_type}_beats_baseline"
+        baseline = scores["candidate"].get("popularity", {}).get(task)
+        if not settings.beats_baseline:
+            out[check] = _Verdict(
+                True,
+                f"skipped: quality.types.{artifact_type}.beats_baseline is false",
+                skipped=True,
+                hr=mine.hr,
+            )
+        elif baseline is None:
+            out[check] = _Verdict(
+                True, "skipped: no popularity artifact to compare with", skipped=True, hr=mine.hr
+            )
+        elif too_few:
+            out[check] = _Verdict(True, few, skipped=True, hr=mine.hr)
+        else:
+            lift = settings.min_lift_over_popularity
+            out[check] = _Verdict(
+                mine.hr >= lift * baseline.hr,
+                f"{artifact_type} HR@10 {mine.hr:.4f} on {task} ({mine.cases} cases) vs "
+                f"popularity {baseline.hr:.4f} x min_lift_over_popularity {lift}",
+                hr=mine.hr,
+                baseline_hr=baseline.hr,
+                cases=mine.cases,
+            )
+    check = f"{artifact_type}_no_regression"
+    live_version = live.get(artifact_type)
+    theirs = live_scores.get(artifact_type)
+    version = versions[artifact_type]
+    if not settings.no_regression:
+        out[check] = _Verdict(
+            True,
+            f"skipped: quality.types.{artifact_type}.no_regression is false",
+            skipped=True,
+            hr=mine.hr,
+        )
+    elif live_version is None:
+        out[check] = _Verdict(
+            True, "skipped: nothing live to compare with", skipped=True, hr=mine.hr
+        )
+    elif live_version == version:
+        out[check] = _Verdict(
+            True,
+            f"{artifact_type} {version[:12]} is the live version (HR@10 {mine.hr:.4f} on {task})",
+            hr=mine.hr,
+        )
+    elif theirs is None:
+        out[check] = _Verdict(
+            True,
+            f"skipped: the blob of live version {live_version} is not in the object store",
+            skipped=True,
+            hr=mine.hr,
+        )
+    elif too_few:
+        out[check] = _Verdict(True, few, skipped=True, hr=mine.hr)
+    else:
+        drop = quality.max_relative_drop
+        out[check] = _Verdict(
+            mine.hr >= (1 - drop) * theirs.hr,
+            f"{artifact_type} HR@10 {mine.hr:.4f} on {task} ({mine.cases} cases) vs live "
+            f"version {live_version} {theirs.hr:.4f} x (1 - max_relative_drop {drop})",
+            hr=mine.hr,
+            live_hr=theirs.hr,
+            live_version=live_version,
+            cases=mine.cases,
+        )
+    return out
+
+
+def _report(
+    day: dt.date,
+    versions: dict[str, str],
+    scores: dict[str, dict[str, dict[str, ev.Metrics]]],
+    cases: dict[str, int],
+) -> dict[str, Any]:
+    """The JSON report: what was evaluated, on which day, with every figure."""
+    return {
+        "v": 1,
+        "held_out_day": day.isoformat(),
+        "cases": cases,
+        "versions": dict(sorted(versions.items())),
+        "metrics": {
+            role: {
+                name: {task: metrics.as_dict() for task, metrics in tasks.items()}
+                for name, tasks in sorted(lists.items())
+            }
+            for role, lists in sorted(scores.items())
+        },
+    }
+
+
+def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
+    specs = [
+        dg.AssetCheckSpec(
+            name,
+            asset=QUALITY,
+            description=f"{t}: {CHECKS[name.removeprefix(f'{t}_')]}",
+            blocking=True,
+            partitions_def=partitions_def,
+        )
+        for t in ARTIFACT_TYPES
+        for name in quality_check_names(t)
+    ]
+
+    @dg.asset(
+        key=QUALITY,
+        partitions_def=partitions_def,
+        deps=[
+            dg.AssetDep(CANONICAL),
+            *(
+                dg.AssetDep(dg.AssetKey(t), partition_mapping=_previous_day())
+                for t in ARTIFACT_TYPES
+            ),
+        ],
+        check_specs=specs,
+        group_name="quality",
+        kinds={"polars"},
+        description="HR@10, NDCG@10, MRR@10 and coverage of the artifacts whose window ends "
+        "the day before, on the partition's day (held out), next-item and user-level, with "
+        "popularity as the baseline and the live version for no_regression.",
+    )
+    def artifact_quality(
+        context: dg.AssetExecutionContext,
+        canonical_store: CanonicalStore,
+        artifact_store: ArtifactStore,
+        publish_targets: PublishTargets,
+    ):
+        partition = parse_partition_key(context.partition_key)
+        entry = config.tenant(partition.tenant, partition.surface)
+        quality = config.quality_for(entry)
+        started = time.perf_counter()
+        previous = partition.day - dt.timedelta(days=1)
+        enabled = [
+            t
+            for t in ARTIFACT_TYPES
+            if disabled_reason(config, entry, t, config.artifact_settings(entry, t)) is None
+        ]
+        skip_reason = None
+        if not quality.enabled:
+            skip_reason = "quality.enabled is false"
+        elif previous < config.start_date:
+            skip_reason = f"no artifact ends before {partition.day}: it is the first day"
+        if skip_reason:
+            context.log.info(f"artifact_quality {partition}: skipped ({skip_reason})")
+            yield dg.MaterializeResult(metadata={"enabled": False, "reason": skip_reason})
+            for spec in specs:
+                yield dg.AssetCheckResult(
+                    check_name=spec.name,
+                    passed=True,
+                    description=f"skipped: {skip_reason}",
+                    metadata={"skipped": True},
+                )
+            return
+        events, _ = canonical_store.read_events(
+            partition, columns=["ts", "session_id", "rank", "item_id", "user_id"]
+        )
+        next_cases = ev.next_item_cases(events, quality.max_cases)
+        live = _live(publish_targets, entry)
+        object_store, _ = publish_targets.stores()
+        versions: dict[str, str] = {}
+        lists: dict[str, dict[str, pl.DataFrame]] = {"candidate": {}, "live": {}}
+        windows: dict[str, int] = {}
+        for artifact_type in enabled:
+            settings = config.artifact_settings(entry, artifact_type)
+            window = artifact_window(entry, artifact_type, previous, settings.window_days)
+            staged = artifact_store.current(window)
+            if staged is None:
+                continue
+            versions[artifact_type], blob = staged
+            for name, frame in ev.list_entries(artifact_type, blob).items():
+                lists["candidate"][name] = frame
+                windows[name] = settings.window_days
+            del blob
+            theirs = live.get(artifact_type)
+            if theirs is not None and theirs != versions[artifact_type]:
+                key = blob_key(entry.tenant, entry.surface, artifact_type, theirs)
+                live_blob = object_store.read_buffer(key)
+                if live_blob is not None:
+                    for name, frame in ev.list_entries(artifact_type, live_blob).items():
+                        lists["live"][name] = frame
+        # Users with history in each window length, their targets on the held-out day.
+        users: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
+        for days in sorted(set(windows.values())):
+            history = _history(canonical_store, config, entry, previous, days)
+            users[days] = ev.user_cases(events, history, quality.max_users)
+        scores: dict[str, dict[str, dict[str, ev.Metrics]]] = {}
+        cases = {"next_item": next_cases.height}
+        for role, named in lists.items():
+            scores[role] = {}
+            for name, entries in named.items():
+                targets, seen = users[windows[name]]
+                cases[f"user_{windows[name]}d"] = targets.select("user").n_unique()
+                keyed_by = ev.LISTS[name][4]
+                scores[role][name] = {
+                    "next_item": ev.evaluate_next_item(entries, keyed_by, next_cases),
+                    "user": ev.evaluate_user(entries, keyed_by, targets, seen),
+                }
+        report = _report(partition.day, versions, scores, cases)
+        prefix = "/".join(p for p in (entry.tenant, entry.surface, entry.segment) if p)
+        store = artifact_store.store()
+        report_key = f"{prefix}/quality/{partition.day.isoformat()}.json"
+        store.write_bytes(report_key, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        live_primary = {
+            t: scores["live"][ev.PRIMARY[t][0]][ev.PRIMARY[t][1]]
+            for t in enabled
+            if ev.PRIMARY[t][0] in scores["live"]
+        }
+        seconds = time.perf_counter() - started
+        metadata: dict[str, Any] = {
+            f"{name}.{task}.{metric}": value
+            for name, tasks in scores["candidate"].items()
+            for task, m in tasks.items()
+            for metric, value in m.as_dict().items()
+        }
+        context.log.info(
+            f"artifact_quality {partition}: {len(versions)} artifacts of {previous} on "
+            f"{next_cases.height:,} next-item cases in {seconds:.2f}s"
+        )
+        yield dg.MaterializeResult(
+            metadata={
+                "enabled": True,
+                "held_out_day": partition.day.isoformat(),
+                "versions": dg.MetadataValue.json(versions),
+                "report_path": dg.MetadataValue.path(store.uri(report_key)),
+                **metadata,
+                "seconds": dg.MetadataValue.float(round(seconds, 3)),
+            }
+        )
+        verdicts: dict[str, _Verdict] = {}
+        for artifact_type in ARTIFACT_TYPES:
+            if artifact_type not in enabled:
+                reason = disabled_reason(
+                    config, entry, artifact_type, config.artifact_settings(entry, artifact_type)
+                )
+                for name in quality_check_names(artifact_type):
+                    verdicts[name] = _Verdict(True, f"skipped: {reason}", skipped=True)
+                continue
+            verdicts |= _judge(artifact_type, quality, scores, versions, live_primary, live)
+        for spec in specs:
+            verdict = verdicts[spec.name]
+            if not verdict.passed:
+                context.log.error(f"{partition}: check {spec.name} failed: {verdict.message}")
+            yield dg.AssetCheckResult(
+                check_name=spec.name,
+                passed=verdict.passed,
+                description=verdict.message,
+                metadata=verdict.metadata,
+            )
+
+    return artifact_quality

@@ -1,0 +1,303 @@
+"""Offline evaluation of artifacts on a held-out day (pure: frames and blobs in, numbers out).
+
+Two tasks, on the day after an artifact's window:
+
+- next-item: each consecutive pair (item_t -> item_t+1, item_t+1 != item_t) within a session
+  is a case; an item-keyed list (cooc neighbors, session_seq transitions, content_sim
+  similar) is the row of item_t, a user-keyed list (implicit, session_seq users) is the
+  session's user's list, popularity is the one global list; item_t itself is left out of
+  every list.
+- user-level: each user with history in the window and items on the day they had not seen
+  is a case, those items its targets; a user-keyed list is the user's list, an item-keyed
+  one the sum of the rows of the user's window items (scores added), popularity the global
+  list; items the user had seen are left out.
+
+Metrics at K=10 per list and task: HR (a target in the first K), NDCG (targets' discounted
+gain over the ideal), MRR (1 / rank of the first target in the first K, else 0), coverage
+(share of cases that got a non-empty list) and cases. Everything is joins and group-bys over
+(key, item, rank) frames; no loop over cases. Only the ranks of the targets are computed:
+a target's rank after leaving items out is its rank less the left-out items ranked before
+it, found with one as-of join.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+K = 10
+TASKS = ("next_item", "user")
+# The lists an artifact type offers: name -> (top-level field, key field, inner list field,
+# keyed by). session_seq has two: its transitions (item-keyed) and its users' lists.
+LISTS: dict[str, tuple[str, str, str, str, str]] = {
+    "popularity": ("popularity", "items", "", "", "global"),
+    "cooc": ("cooc", "neighbors", "item_id", "items", "item"),
+    "content_sim": ("content_sim", "items", "item_id", "similar", "item"),
+    "implicit": ("implicit", "users", "user_id", "items", "user"),
+    "session_seq": ("session_seq", "transitions", "item_id", "items", "item"),
+    "session_seq_users": ("session_seq", "users", "user_id", "items", "user"),
+}
+# The task a type is judged on (beats_baseline, no_regression): what it is built for.
+PRIMARY = {
+    "cooc": ("cooc", "next_item"),
+    "content_sim": ("content_sim", "next_item"),
+    "session_seq": ("session_seq", "next_item"),
+    "implicit": ("implicit", "user"),
+    "popularity": ("popularity", "next_item"),
+}
+ENTRY_SCHEMA = {"key": pl.String, "item": pl.String, "rank": pl.Int32, "score": pl.Float64}
+
+
+_ENTRY = pl.Struct({"item_id": pl.String, "count": pl.Float64, "score": pl.Float64})
+_ROW = {"item_id": pl.String, "user_id": pl.String, "items": pl.List(_ENTRY)}
+
+
+def _schema(artifact_type: str) -> dict[str, pl.DataType]:
+    """The fields of a type's lists that evaluation reads (polars skips the others)."""
+    rows = {
+        "cooc": {"neighbors": _ROW},
+        "implicit": {"users": _ROW},
+        "session_seq": {"users": _ROW, "transitions": _ROW},
+        "content_sim": {"items": {"item_id": pl.String, "similar": pl.List(_ENTRY)}},
+    }.get(artifact_type)
+    if rows is None:  # popularity: one list of entries
+        return {"items": pl.List(_ENTRY)}
+    return {field: pl.List(pl.Struct(row)) for field, row in rows.items()}
+
+
+def list_entries(artifact_type: str, blob: Any) -> dict[str, pl.DataFrame]:
+    """The ranked lists of an artifact blob: list name (see `LISTS`) -> frame (key, item,
+    rank, score), rank 0-based in the blob's order; popularity's one key is ""."""
+    document = pl.read_json(io.BytesIO(blob), schema=_schema(artifact_type))
+    out = {}
+    for name, (of_type, field, key_field, inner, _) in LISTS.items():
+        if of_type != artifact_type:
+            continue
+        rows = document.select(pl.col(field).explode()).unnest(field)
+        if key_field:
+            entries = (
+                rows.select(pl.col(key_field).alias("key"), pl.col(inner).alias("entries"))
+                .filter(pl.col("key").is_not_null())
+                .explode("entries")
+                .filter(pl.col("entries").is_not_null())
+                .unnest("entries")
+            )
+        else:
+            entries = rows.filter(pl.col("item_id").is_not_null()).with_columns(key=pl.lit(""))
+        entries = entries.with_columns(rank=pl.int_range(pl.len(), dtype=pl.Int32).over("key"))
+        out[name] = entries.select(
+            "key",
+            pl.col("item_id").alias("item"),
+            "rank",
+            pl.coalesce("score", "count").fill_null(0.0).alias("score"),
+        )
+    return out
+
+
+def next_item_cases(events: pl.DataFrame, max_cases: int) -> pl.DataFrame:
+    """(case, user, item_t, target) of a day's events, at most `max_cases`, kept by whole
+    sessions chosen by a hash of their id (the same sessions on every run)."""
+    ordered = events.select("ts", "session_id", "rank", "item_id", "user_id").sort(
+        ["session_id", "ts", "rank", "item_id"]
+    )
+    pairs = ordered.with_columns(
+        target=pl.col("item_id").shift(-1).over("session_id"),
+    ).filter(pl.col("target").is_not_null() & (pl.col("target") != pl.col("item_id")))
+    pairs = _sampled(pairs, "session_id", max_cases)
+    return pairs.select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("case"),
+        pl.col("user_id").alias("user"),
+        pl.col("item_id").alias("current"),
+        "target",
+    )
+
+
+def user_cases(
+    events: pl.DataFrame, history: pl.DataFrame, max_users: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(user, target) pairs: the day's items each user with window history had not seen,
+    for at most `max_users` users chosen by a hash of their id; and those users' history
+    (user, item)."""
+    day = events.filter(pl.col("user_id").is_not_null()).select(
+        pl.col("user_id").alias("user"), pl.col("item_id").alias("item")
+    )
+    seen = history.join(day.select("user").unique(), on="user", how="semi")
+    targets = day.unique().join(seen, on=["user", "item"], how="anti")
+    targets = targets.join(seen.select("user").unique(), on="user", how="semi")
+    chosen = _sampled(targets.select("user").unique(), "user", max_users)
+    targets = targets.join(chosen, on="user", how="semi").rename({"item": "target"})
+    return targets, seen.join(chosen, on="user", how="semi")
+
+
+def _sampled(frame: pl.DataFrame, column: str, limit: int) -> pl.DataFrame:
+    """At most `limit` rows of `frame`, taken by whole groups of `column` in the order of a
+    seeded hash of their value, so the same cases are chosen on every run."""
+    if frame.height <= limit:
+        return frame
+    sizes = (
+        frame.group_by(column)
+        .len()
+        .with_columns(_h=pl.col(column).hash(seed=17))
+        .sort(["_h", column])
+    )
+    keep = sizes.filter(pl.col("len").cum_sum() <= limit).select(column)
+    return frame.join(keep, on=column, how="semi")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    hr: float
+    ndcg: float
+    mrr: float
+    coverage: float
+    cases: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "hr@10": round(self.hr, 6),
+            "ndcg@10": round(self.ndcg, 6),
+            "mrr@10": round(self.mrr, 6),
+            "coverage": round(self.coverage, 6),
+            "cases": self.cases,
+        }
+
+
+def _ranks_after_leaving_out(
+    targets: pl.DataFrame, entries: pl.DataFrame, left_out: pl.DataFrame
+) -> pl.DataFrame:
+    """Each (case, key, target) with the target's rank in the key's list once the case's
+    `left_out` items (case, item) are removed; targets not in the list are dropped."""
+    found = targets.join(
+        entries.select("key", pl.col("item").alias("target"), "rank"), on=["key", "target"]
+    )
+    gone = (
+        left_out.join(targets.select("case", "key").unique(), on="case")
+        .join(entries.select("key", "item", "rank"), on=["key", "item"])
+        .select("case", pl.col("rank").alias("gone_rank"))
+        .sort(["case", "gone_rank"])
+        .with_columns(gone=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("case"))
+    )
+    if gone.is_empty():
+        return found.with_columns(pl.col("rank").alias("kept_rank"))
+    found = found.sort(["case", "rank"]).join_asof(
+        gone,
+        left_on="rank",
+        right_on="gone_rank",
+        by="case",
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,
+    )
+    return found.with_columns(kept_rank=pl.col("rank") - pl.col("gone").fill_null(0).cast(pl.Int32))
+
+
+def _metrics(ranked: pl.DataFrame, cases: pl.DataFrame, covered: int) -> Metrics:
+    """Metrics from the kept ranks of found targets; `cases` has one row per case with its
+    number of targets (`relevant`)."""
+    n = cases.height
+    if not n:
+        return Metrics(0.0, 0.0, 0.0, 0.0, 0)
+    hits = ranked.filter(pl.col("kept_rank") < K)
+    per_case = hits.group_by("case").agg(
+        dcg=(1.0 / (pl.col("kept_rank").cast(pl.Float64) + 2.0).log(2)).sum(),
+        first=pl.col("kept_rank").min(),
+    )
+    ideal_gain = 1.0 / np.log2(np.arange(K) + 2.0)
+    ideal = np.cumsum(ideal_gain)
+    joined = per_case.join(cases.select("case", "relevant"), on="case")
+    idcg = ideal[np.minimum(joined["relevant"].to_numpy(), K) - 1]
+    return Metrics(
+        hr=per_case.height / n,
+        ndcg=float((joined["dcg"].to_numpy() / idcg).sum()) / n,
+        mrr=float((1.0 / (per_case["first"].to_numpy() + 1.0)).sum()) / n,
+        coverage=covered / n,
+        cases=n,
+    )
+
+
+def _covered(keys: pl.DataFrame, entries: pl.DataFrame, left_out: pl.DataFrame) -> int:
+    """Cases (case, key) whose list keeps an entry once their left-out items are removed."""
+    sizes = entries.group_by("key").len()
+    gone = (
+        left_out.join(keys, on="case")
+        .join(entries.select("key", "item"), on=["key", "item"])
+        .group_by("case")
+        .len(name="gone")
+    )
+    counted = keys.join(sizes, on="key").join(gone, on="case", how="left")
+    return counted.filter(pl.col("len") > pl.col("gone").fill_null(0)).height
+
+
+def evaluate_next_item(entries: pl.DataFrame, keyed_by: str, cases: pl.DataFrame) -> Metrics:
+    """A list's metrics on next-item cases (see `next_item_cases`)."""
+    key = {"item": pl.col("current"), "user": pl.col("user"), "global": pl.lit("")}[keyed_by]
+    keys = cases.select("case", key.alias("key")).filter(pl.col("key").is_not_null())
+    targets = keys.join(cases.select("case", "target"), on="case")
+    left_out = cases.select("case", pl.col("current").alias("item"))
+    ranked = _ranks_after_leaving_out(targets, entries, left_out)
+    counted = cases.select("case", pl.lit(1, dtype=pl.Int64).alias("relevant"))
+    return _metrics(ranked, counted, _covered(keys, entries, left_out))
+
+
+def summed_rows(entries: pl.DataFrame, history: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
+    """Each user's list from an item-keyed artifact: the rows of the user's window items
+    added up, best first (score, then item id), seen items kept (left out later)."""
+    summed = (
+        history.join(users, on="user", how="semi")
+        .join(
+            entries.select(pl.col("key").alias("item"), pl.col("item").alias("next"), "score"),
+            on="item",
+        )
+        .group_by("user", "next")
+        .agg(pl.col("score").sum())
+        .sort(["user", "score", "next"], descending=[False, True, False])
+    )
+    return summed.select(
+        pl.col("user").alias("key"),
+        pl.col("next").alias("item"),
+        pl.int_range(pl.len(), dtype=pl.Int32).over("user").alias("rank"),
+        "score",
+    )
+
+
+def evaluate_user(
+    entries: pl.DataFrame, keyed_by: str, targets: pl.DataFrame, history: pl.DataFrame
+) -> Metrics:
+    """A list's metrics on user-level cases (see `user_cases`): one case per user."""
+    users = targets.select("user").unique().sort("user")
+    users = users.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("case"))
+    if keyed_by == "item":
+        entries = summed_rows(entries, history, users.select("user"))
+        keyed_by = "user"
+    key = pl.col("user") if keyed_by == "user" else pl.lit("")
+    keys = users.select("case", key.alias("key"))
+    with_case = targets.join(users, on="user")
+    ranked = _ranks_after_leaving_out(
+        with_case.select("case", key.alias("key"), "target"),
+        entries,
+        history.join(users, on="user").select("case", "item"),
+    )
+    relevant = with_case.group_by("case").len(name="relevant")
+    left_out = history.join(users, on="user").select("case", "item")
+    return _metrics(ranked, relevant, _covered(keys, entries, left_out))
+
+
+def evaluate(
+    lists: dict[str, pl.DataFrame],
+    next_cases: pl.DataFrame,
+    user_targets: pl.DataFrame,
+    history: pl.DataFrame,
+) -> dict[str, dict[str, Metrics]]:
+    """Metrics of each list (see `LISTS`) on both tasks."""
+    out = {}
+    for name, entries in lists.items():
+        keyed_by = LISTS[name][4]
+        out[name] = {
+            "next_item": evaluate_next_item(entries, keyed_by, next_cases),
+            "user": evaluate_user(entries, keyed_by, user_targets, history),
+        }
+    return out
