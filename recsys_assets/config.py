@@ -84,6 +84,9 @@ class ImplicitSettings(ArtifactSettings):
     iterations: PositiveInt = 15
     random_state: NonNegativeInt = 42
     max_users: PositiveInt = 100_000
+    # ALS confidence from the counts: "none" (alpha x count), "bm25" or "log" (see
+    # artifacts.implicit_als.weighted); chosen by benchmarks/run_quality.py.
+    weighting: Literal["none", "bm25", "log"] = "bm25"
 
 
 class ContentSimSettings(ArtifactSettings):

@@ -136,6 +136,28 @@ def test_a_good_build_passes_and_its_report_is_written(make_config, three_days, 
     metadata = materialization.asset_materialization.metadata
     assert metadata["cooc.next_item.hr@10"].value == metrics["cooc"]["next_item"]["hr@10"]
 
+    # Day 2's artifacts and their publish say how they differ from day 1's, then live.
+    staged = config.out_dir / "artifacts/demo/home/popularity/2026-01-01_2026-01-02"
+    day1 = (staged / "current.version").read_text().strip()
+    (popularity,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            dg.AssetKey("popularity"), asset_partitions=["2026-01-02|demo__home"]
+        ),
+        limit=1,
+    ).records
+    difference = popularity.asset_materialization.metadata
+    assert difference["live_difference.live_version"].value == day1
+    overlap = difference["live_difference.popularity.overlap@10"].value
+    assert 0 < overlap <= 1
+    assert difference["live_difference.popularity.top100_new"].value >= 0
+    (publish,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey("publish"), asset_partitions=["2026-01-02|demo__home"]),
+        limit=1,
+    ).records
+    published = publish.asset_materialization.metadata
+    assert published["live_difference"].data["popularity"]["popularity.overlap@10"] == overlap
+    assert published["manifest_before"].data["current"]["popularity"].endswith(f"{day1}.json")
+
 
 def test_a_broken_build_is_kept_from_publishing(make_config, three_days, instance):
     config = make_config(quality={"min_cases": 20})

@@ -34,10 +34,9 @@ from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
 from recsys_assets.publish import collapse
 from recsys_assets.publish.collapse import ROW_LISTS
-from recsys_assets.publish.manifest import version_of_uri
-from recsys_assets.publish.registry import blob_key
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.rollback import default_actor
+from recsys_assets.quality.live import difference_from_live, live_blob, live_versions
 
 AGGREGATES = dg.AssetKey("daily_aggregates")
 CATALOG = dg.AssetKey("item_catalog")
@@ -84,6 +83,7 @@ def _implicit(window: WindowData, config: AppConfig, entry, settings) -> tuple[d
         random_state=settings.random_state,
         max_users=settings.max_users,
         max_items_per_user=config.limits.max_items_per_user,
+        weighting=settings.weighting,
     )
 
 
@@ -244,6 +244,7 @@ def artifact_asset(
         context: dg.AssetExecutionContext,
         canonical_store: CanonicalStore,
         artifact_store: ArtifactStore,
+        publish_targets: PublishTargets,
     ) -> dg.MaterializeResult:
         partition = parse_partition_key(context.partition_key)
         entry = config.tenant(partition.tenant, partition.surface)
@@ -269,6 +270,7 @@ def artifact_asset(
                 window.start, window.end, {"catalog": catalog}, [], [], [], marker["content_hash"]
             )
         payload, stats = spec.build(data, config, entry, settings)
+        rows = {f"rows_{name}": len(payload[name]) for name in ROW_LISTS[spec.artifact_type]}
         document = build_document(
             spec.artifact_type,
             entry.tenant,
@@ -281,6 +283,15 @@ def artifact_asset(
             _now(),
         )
         staged = artifact_store.stage(window, document)
+        del document, payload
+        # What would change for the online service (non-blocking): see quality.evaluate.
+        difference = difference_from_live(
+            publish_targets,
+            entry,
+            spec.artifact_type,
+            staged.version,
+            artifact_store.store().read_buffer(staged.key),
+        )
         data.wait_saved()
         seconds = time.perf_counter() - started
         context.log.info(
@@ -303,7 +314,8 @@ def artifact_asset(
                 # How each large aggregate's window sum was obtained (see artifacts.window).
                 **({"window_merge": dg.MetadataValue.json(data.merge)} if data.merge else {}),
                 "source_hash": data.source_hash,
-                **{f"rows_{name}": len(payload[name]) for name in ROW_LISTS[spec.artifact_type]},
+                **rows,
+                **{f"live_difference.{k}": v for k, v in difference.items()},
                 **{k: v for k, v in stats.items() if isinstance(v, int | float | str)},
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
             }
@@ -427,26 +439,22 @@ def _no_collapse(
     publish_targets: PublishTargets,
 ) -> tuple[bool, str, dict]:
     """The `no_collapse` verdict on a staged blob against the live version of its type."""
-    object_store, registry = publish_targets.stores()
-    manifest = registry.manifest(entry.tenant, entry.surface)
-    pointer = (manifest or {}).get("current", {}).get(artifact_type)
-    live_version = version_of_uri(pointer) if pointer else None
+    _, registry = publish_targets.stores()
+    live_version = live_versions(publish_targets, entry).get(artifact_type)
     rows = collapse.row_counts(artifact_type, blob)
     live_rows = None
     if live_version == version:
         live_rows = rows
     elif live_version is not None:
-        live_blob = object_store.read_buffer(
-            blob_key(entry.tenant, entry.surface, artifact_type, live_version)
-        )
-        if live_blob is None:
+        published = live_blob(publish_targets, entry, artifact_type, live_version)
+        if published is None:
             return (
                 True,
                 f"{artifact_type}: live version {live_version} is missing from the object "
                 "store; nothing to compare with",
                 {"rows": dg.MetadataValue.json(rows), "live_version": live_version},
             )
-        live_rows = collapse.row_counts(artifact_type, live_blob)
+        live_rows = collapse.row_counts(artifact_type, published)
     verdict = collapse.no_collapse(
         artifact_type, rows, live_rows, live_version, config.publish.min_row_ratio
     )

@@ -23,6 +23,7 @@ from recsys_assets.publish.errors import PublishError
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.status import status
 from recsys_assets.quality.assets import QUALITY, quality_check_keys
+from recsys_assets.quality.live import difference_from_live
 
 PUBLISH = dg.AssetKey("publish")
 FRESHNESS = dg.AssetKey("manifest_freshness")
@@ -232,6 +233,8 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         outcomes: dict[str, dict] = {}
         failures: list[str] = []
         prepared: list[protocol.Prepared] = []
+        differences: dict[str, dict] = {}
+        before = registry.manifest(entry.tenant, entry.surface)
         for artifact_type in ARTIFACT_TYPES:
             settings = config.artifact_settings(entry, artifact_type)
             reason = disabled_reason(config, entry, artifact_type, settings)
@@ -243,7 +246,10 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
             if staged is None:
                 failures.append(f"{artifact_type}: nothing staged under {window.prefix}")
                 continue
-            _, blob = staged
+            version, blob = staged
+            differences[artifact_type] = difference_from_live(
+                publish_targets, entry, artifact_type, version, blob
+            )
             expected = {
                 "artifact_type": artifact_type,
                 "tenant": entry.tenant,
@@ -293,7 +299,11 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         return dg.MaterializeResult(
             metadata={
                 "outcomes": dg.MetadataValue.json(outcomes),
-                "manifest": dg.MetadataValue.json(manifest or {}),
+                "manifest_before": dg.MetadataValue.json(before or {}),
+                "manifest": dg.MetadataValue.json(manifest or before or {}),
+                "live_difference": dg.MetadataValue.json(
+                    {t: d for t, d in differences.items() if d}
+                ),
                 "manifest_uri": registry.store.uri(
                     registry.manifest_key(entry.tenant, entry.surface)
                 ),

@@ -22,10 +22,9 @@ from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurfa
 from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
-from recsys_assets.publish.manifest import version_of_uri
-from recsys_assets.publish.registry import blob_key
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.quality import evaluate as ev
+from recsys_assets.quality.live import live_blob, live_versions, seen_by_live
 
 QUALITY = dg.AssetKey("artifact_quality")
 CHECKS = {
@@ -73,13 +72,6 @@ def _history(
     )
 
 
-def _live(publish_targets: PublishTargets, entry: TenantSurface) -> dict[str, str]:
-    """Artifact type -> the version the manifest points at now."""
-    _, registry = publish_targets.stores()
-    manifest = registry.manifest(entry.tenant, entry.surface) or {"current": {}}
-    return {t: version_of_uri(uri) for t, uri in manifest["current"].items()}
-
-
 class _Verdict:
     def __init__(self, passed: bool, message: str, **metadata: Any) -> None:
         self.passed, self.message, self.metadata = passed, message, metadata
@@ -92,6 +84,7 @@ def _judge(
     versions: dict[str, str],
     live_scores: dict[str, ev.Metrics],
     live: dict[str, str],
+    unusable: dict[str, str],
 ) -> dict[str, _Verdict]:
     """Each quality check's verdict for one type, from the scores of every evaluated list."""
     out: dict[str, _Verdict] = {}
@@ -153,12 +146,8 @@ def _judge(
             hr=mine.hr,
         )
     elif theirs is None:
-        out[check] = _Verdict(
-            True,
-            f"skipped: the blob of live version {live_version} is not in the object store",
-            skipped=True,
-            hr=mine.hr,
-        )
+        reason = unusable.get(artifact_type, f"live version {live_version} was not scored")
+        out[check] = _Verdict(True, f"skipped: {reason}", skipped=True, hr=mine.hr)
     elif too_few:
         out[check] = _Verdict(True, few, skipped=True, hr=mine.hr)
     else:
@@ -263,11 +252,11 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
             partition, columns=["ts", "session_id", "rank", "item_id", "user_id"]
         )
         next_cases = ev.next_item_cases(events, quality.max_cases)
-        live = _live(publish_targets, entry)
-        object_store, _ = publish_targets.stores()
+        live = live_versions(publish_targets, entry)
         versions: dict[str, str] = {}
         lists: dict[str, dict[str, pl.DataFrame]] = {"candidate": {}, "live": {}}
         windows: dict[str, int] = {}
+        unusable: dict[str, str] = {}  # type -> why its live version is not scored
         for artifact_type in enabled:
             settings = config.artifact_settings(entry, artifact_type)
             window = artifact_window(entry, artifact_type, previous, settings.window_days)
@@ -280,12 +269,21 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 windows[name] = settings.window_days
             del blob
             theirs = live.get(artifact_type)
-            if theirs is not None and theirs != versions[artifact_type]:
-                key = blob_key(entry.tenant, entry.surface, artifact_type, theirs)
-                live_blob = object_store.read_buffer(key)
-                if live_blob is not None:
-                    for name, frame in ev.list_entries(artifact_type, live_blob).items():
-                        lists["live"][name] = frame
+            if theirs is None or theirs == versions[artifact_type]:
+                continue
+            if seen_by_live(publish_targets, entry, artifact_type, theirs, partition.day):
+                unusable[artifact_type] = (
+                    f"live version {theirs} was built from {partition.day} (a re-run of an "
+                    "earlier day): it is no held-out day for it"
+                )
+                continue
+            published = live_blob(publish_targets, entry, artifact_type, theirs)
+            if published is None:
+                unusable[artifact_type] = (
+                    f"the blob of live version {theirs} is not in the object store"
+                )
+                continue
+            lists["live"] |= ev.list_entries(artifact_type, published)
         # Users with history in each window length, their targets on the held-out day.
         users: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
         for days in sorted(set(windows.values())):
@@ -343,7 +341,9 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 for name in quality_check_names(artifact_type):
                     verdicts[name] = _Verdict(True, f"skipped: {reason}", skipped=True)
                 continue
-            verdicts |= _judge(artifact_type, quality, scores, versions, live_primary, live)
+            verdicts |= _judge(
+                artifact_type, quality, scores, versions, live_primary, live, unusable
+            )
         for spec in specs:
             verdict = verdicts[spec.name]
             if not verdict.passed:

@@ -301,3 +301,37 @@ def evaluate(
             "user": evaluate_user(entries, keyed_by, user_targets, history),
         }
     return out
+
+
+def difference(
+    candidate: dict[str, pl.DataFrame], live: dict[str, pl.DataFrame]
+) -> dict[str, float | int]:
+    """How a version differs from the live one, per list (see `LISTS`): rows (anchors,
+    users) added and removed, the mean overlap of the first K items of the rows both have
+    (popularity: of its one list), and for popularity the mean rank change of its first 100
+    items that live lists too, and how many of them live does not list."""
+    out: dict[str, float | int] = {}
+    for name in sorted(set(candidate) & set(live)):
+        mine, theirs = candidate[name], live[name]
+        if name == "popularity":
+            mine_keys, their_keys = mine.select("item"), theirs.select("item")
+            on = "item"
+        else:
+            mine_keys, their_keys = mine.select("key").unique(), theirs.select("key").unique()
+            on = "key"
+        out[f"{name}.rows_added"] = mine_keys.join(their_keys, on=on, how="anti").height
+        out[f"{name}.rows_removed"] = their_keys.join(mine_keys, on=on, how="anti").height
+        top = [frame.filter(pl.col("rank") < K).select("key", "item") for frame in (mine, theirs)]
+        common = top[0].select("key").unique().join(top[1].select("key").unique(), on="key")
+        shared = top[0].join(top[1], on=["key", "item"]).group_by("key").len()
+        overlap = common.join(shared, on="key", how="left").select(
+            (pl.col("len").fill_null(0) / K).mean()
+        )
+        out[f"{name}.overlap@10"] = round(float(overlap.item() or 0.0), 6)
+        if name == "popularity":
+            first = mine.filter(pl.col("rank") < 100).select("item", "rank")
+            moved = first.join(theirs.select("item", pl.col("rank").alias("live")), on="item")
+            change = moved.select((pl.col("rank") - pl.col("live")).abs().mean()).item()
+            out["popularity.mean_rank_change_top100"] = round(float(change or 0.0), 6)
+            out["popularity.top100_new"] = first.height - moved.height
+    return out
