@@ -17,6 +17,7 @@ from recsys_assets.quality import evaluate as ev
 from recsys_assets.quality.assets import QUALITY
 from recsys_assets.runner import execute
 from recsys_assets_tests.conftest import event, lines
+from recsys_assets_tests.test_publish_flow import tick
 
 CLUSTERS = [[f"c{c}-i{i}" for i in range(6)] for c in range(8)]
 
@@ -155,7 +156,8 @@ def test_a_good_build_passes_and_its_report_is_written(make_config, three_days, 
         limit=1,
     ).records
     published = publish.asset_materialization.metadata
-    assert published["live_difference"].data["popularity"]["popularity.overlap@10"] == overlap
+    differences = published["live_difference"].data["popularity"]
+    assert differences["popularity.overlap@10"] == overlap and differences["live_version"] == day1
     assert published["manifest_before"].data["current"]["popularity"].endswith(f"{day1}.json")
 
 
@@ -195,8 +197,11 @@ def test_a_broken_build_is_kept_from_publishing(make_config, three_days, instanc
     store.stage(window, broken)
 
     key = "2026-01-03|demo__home"
+    _, cursor = tick(defs, instance, None)  # the sensor is deployed: seeds its cursor
     outcome = execute(defs, "recsys_daily", key, instance)
     assert not outcome.success
+    requests, _ = tick(defs, instance, cursor)
+    assert requests == []  # the sensor does not publish it either
     (failure,) = [f for f in outcome.failed_checks if "cooc_no_regression" in f]
     assert "cooc HR@10 0.0" in failure and f"live version {live_cooc}" in failure
     assert "max_relative_drop 0.2" in failure, failure

@@ -254,7 +254,7 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         next_cases = ev.next_item_cases(events, quality.max_cases)
         live = live_versions(publish_targets, entry)
         versions: dict[str, str] = {}
-        lists: dict[str, dict[str, pl.DataFrame]] = {"candidate": {}, "live": {}}
+        lists: dict[str, dict[str, ev.RankedList]] = {"candidate": {}, "live": {}}
         windows: dict[str, int] = {}
         unusable: dict[str, str] = {}  # type -> why its live version is not scored
         for artifact_type in enabled:
@@ -264,8 +264,8 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
             if staged is None:
                 continue
             versions[artifact_type], blob = staged
-            for name, frame in ev.list_entries(artifact_type, blob).items():
-                lists["candidate"][name] = frame
+            for name, ranked in ev.ranked_lists(artifact_type, blob).items():
+                lists["candidate"][name] = ranked
                 windows[name] = settings.window_days
             del blob
             theirs = live.get(artifact_type)
@@ -283,7 +283,7 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                     f"the blob of live version {theirs} is not in the object store"
                 )
                 continue
-            lists["live"] |= ev.list_entries(artifact_type, published)
+            lists["live"] |= ev.ranked_lists(artifact_type, published)
         # Users with history in each window length, their targets on the held-out day.
         users: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
         for days in sorted(set(windows.values())):
@@ -293,10 +293,17 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         cases = {"next_item": next_cases.height}
         for role, named in lists.items():
             scores[role] = {}
-            for name, entries in named.items():
+            for name, ranked in named.items():
                 targets, seen = users[windows[name]]
                 cases[f"user_{windows[name]}d"] = targets.select("user").n_unique()
                 keyed_by = ev.LISTS[name][4]
+                # Only the rows the cases look up are decoded.
+                needed = {
+                    "item": pl.concat([next_cases["current"], seen["item"]]),
+                    "user": pl.concat([next_cases["user"], targets["user"]]),
+                    "global": None,
+                }[keyed_by]
+                entries = ranked.entries(needed)
                 scores[role][name] = {
                     "next_item": ev.evaluate_next_item(entries, keyed_by, next_cases),
                     "user": ev.evaluate_user(entries, keyed_by, targets, seen),

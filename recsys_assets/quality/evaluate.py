@@ -26,7 +26,9 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
+import orjson
 import polars as pl
 
 K = 10
@@ -53,49 +55,94 @@ ENTRY_SCHEMA = {"key": pl.String, "item": pl.String, "rank": pl.Int32, "score": 
 
 
 _ENTRY = pl.Struct({"item_id": pl.String, "count": pl.Float64, "score": pl.Float64})
-_ROW = {"item_id": pl.String, "user_id": pl.String, "items": pl.List(_ENTRY)}
+_LINE = {"key": pl.String, "entries": pl.List(_ENTRY)}
 
 
-def _schema(artifact_type: str) -> dict[str, pl.DataType]:
-    """The fields of a type's lists that evaluation reads (polars skips the others)."""
-    rows = {
-        "cooc": {"neighbors": _ROW},
-        "implicit": {"users": _ROW},
-        "session_seq": {"users": _ROW, "transitions": _ROW},
-        "content_sim": {"items": {"item_id": pl.String, "similar": pl.List(_ENTRY)}},
-    }.get(artifact_type)
-    if rows is None:  # popularity: one list of entries
-        return {"items": pl.List(_ENTRY)}
-    return {field: pl.List(pl.Struct(row)) for field, row in rows.items()}
+_NO_ENTRIES = msgspec.Raw(b"[]")
 
 
-def list_entries(artifact_type: str, blob: Any) -> dict[str, pl.DataFrame]:
-    """The ranked lists of an artifact blob: list name (see `LISTS`) -> frame (key, item,
-    rank, score), rank 0-based in the blob's order; popularity's one key is ""."""
-    document = pl.read_json(io.BytesIO(blob), schema=_schema(artifact_type))
-    out = {}
-    for name, (of_type, field, key_field, inner, _) in LISTS.items():
-        if of_type != artifact_type:
-            continue
-        rows = document.select(pl.col(field).explode()).unnest(field)
-        if key_field:
-            entries = (
-                rows.select(pl.col(key_field).alias("key"), pl.col(inner).alias("entries"))
-                .filter(pl.col("key").is_not_null())
-                .explode("entries")
-                .filter(pl.col("entries").is_not_null())
-                .unnest("entries")
-            )
-        else:
-            entries = rows.filter(pl.col("item_id").is_not_null()).with_columns(key=pl.lit(""))
-        entries = entries.with_columns(rank=pl.int_range(pl.len(), dtype=pl.Int32).over("key"))
-        out[name] = entries.select(
+class _Keyed(msgspec.Struct):
+    item_id: str | None = None
+    user_id: str | None = None
+    items: msgspec.Raw = _NO_ENTRIES
+    similar: msgspec.Raw = _NO_ENTRIES
+
+
+class _Lists(msgspec.Struct):
+    items: list[msgspec.Raw] | None = None  # popularity's entries, content_sim's rows
+    neighbors: list[_Keyed] | None = None
+    users: list[_Keyed] | None = None
+    transitions: list[_Keyed] | None = None
+
+
+_LISTS = msgspec.json.Decoder(_Lists)
+_KEYED = msgspec.json.Decoder(_Keyed)
+
+
+@dataclass(frozen=True)
+class RankedList:
+    """One list of an artifact: each row's key and its entries, still JSON.
+
+    A blob is scanned once, natively, leaving the entries undecoded; only the rows asked
+    for become a frame (`entries`), so evaluating a sample of cases on a 200 MB artifact
+    decodes that sample's rows, not the blob.
+    """
+
+    keys: list[str]
+    rows: list[msgspec.Raw]  # each a JSON array of {"item_id", "count" | "score"}
+
+    def entries(self, keys: pl.Series | None = None, depth: int | None = None) -> pl.DataFrame:
+        """(key, item, rank, score) of the rows whose key is in `keys` (all when None),
+        rank 0-based in the blob's order, the first `depth` of each row."""
+        wanted = None if keys is None else set(keys.drop_nulls().to_list())
+        lines = [
+            b'{"key":' + orjson.dumps(key) + b',"entries":' + bytes(row) + b"}"
+            for key, row in zip(self.keys, self.rows, strict=True)
+            if wanted is None or key in wanted
+        ]
+        if not lines:
+            return pl.DataFrame(schema=ENTRY_SCHEMA)
+        frame = (
+            pl.read_ndjson(io.BytesIO(b"\n".join(lines)), schema=_LINE)
+            .explode("entries")
+            .filter(pl.col("entries").is_not_null())
+            .unnest("entries")
+            .with_columns(rank=pl.int_range(pl.len(), dtype=pl.Int32).over("key"))
+        )
+        if depth is not None:
+            frame = frame.filter(pl.col("rank") < depth)
+        return frame.select(
             "key",
             pl.col("item_id").alias("item"),
             "rank",
             pl.coalesce("score", "count").fill_null(0.0).alias("score"),
         )
+
+
+def ranked_lists(artifact_type: str, blob: Any) -> dict[str, RankedList]:
+    """The lists of an artifact blob by name (see `LISTS`); popularity's one row is keyed
+    ""."""
+    document = _LISTS.decode(blob)
+    out = {}
+    for name, (of_type, field, key_field, _, _) in LISTS.items():
+        if of_type != artifact_type:
+            continue
+        raw = getattr(document, field) or []
+        if not key_field:  # popularity: its entries are the one row
+            out[name] = RankedList([""], [msgspec.Raw(b"[" + b",".join(raw) + b"]")])
+            continue
+        rows = [_KEYED.decode(r) for r in raw] if field == "items" else raw
+        inner = "similar" if field == "items" else "items"
+        out[name] = RankedList(
+            [getattr(r, key_field) for r in rows],
+            [getattr(r, inner) for r in rows],
+        )
     return out
+
+
+def list_entries(artifact_type: str, blob: Any) -> dict[str, pl.DataFrame]:
+    """Every row of every list of an artifact blob as (key, item, rank, score) frames."""
+    return {name: ranked.entries() for name, ranked in ranked_lists(artifact_type, blob).items()}
 
 
 def next_item_cases(events: pl.DataFrame, max_cases: int) -> pl.DataFrame:
@@ -304,34 +351,40 @@ def evaluate(
 
 
 def difference(
-    candidate: dict[str, pl.DataFrame], live: dict[str, pl.DataFrame]
+    candidate: dict[str, RankedList], live: dict[str, RankedList], sample: int = 2_000
 ) -> dict[str, float | int]:
     """How a version differs from the live one, per list (see `LISTS`): rows (anchors,
     users) added and removed, the mean overlap of the first K items of the rows both have
-    (popularity: of its one list), and for popularity the mean rank change of its first 100
-    items that live lists too, and how many of them live does not list."""
+    (at most `sample` of them, chosen by a seeded hash of their key; popularity: its one
+    list), and for popularity the mean rank change of its first 100 items that live lists
+    too, and how many of them live does not list."""
     out: dict[str, float | int] = {}
     for name in sorted(set(candidate) & set(live)):
         mine, theirs = candidate[name], live[name]
         if name == "popularity":
-            mine_keys, their_keys = mine.select("item"), theirs.select("item")
-            on = "item"
+            first, last = mine.entries(), theirs.entries()
+            mine_keys, their_keys = first.select("item"), last.select("item")
+            common = pl.Series("key", [""])
         else:
-            mine_keys, their_keys = mine.select("key").unique(), theirs.select("key").unique()
-            on = "key"
-        out[f"{name}.rows_added"] = mine_keys.join(their_keys, on=on, how="anti").height
-        out[f"{name}.rows_removed"] = their_keys.join(mine_keys, on=on, how="anti").height
-        top = [frame.filter(pl.col("rank") < K).select("key", "item") for frame in (mine, theirs)]
-        common = top[0].select("key").unique().join(top[1].select("key").unique(), on="key")
-        shared = top[0].join(top[1], on=["key", "item"]).group_by("key").len()
-        overlap = common.join(shared, on="key", how="left").select(
-            (pl.col("len").fill_null(0) / K).mean()
+            mine_keys = pl.DataFrame({"item": mine.keys}, schema={"item": pl.String})
+            their_keys = pl.DataFrame({"item": theirs.keys}, schema={"item": pl.String})
+            both = mine_keys.join(their_keys, on="item")
+            common = _sampled(both, "item", sample)["item"].rename("key")
+        out[f"{name}.rows_added"] = mine_keys.join(their_keys, on="item", how="anti").height
+        out[f"{name}.rows_removed"] = their_keys.join(mine_keys, on="item", how="anti").height
+        tops = [ranked.entries(common, depth=K).select("key", "item") for ranked in (mine, theirs)]
+        shared = tops[0].join(tops[1], on=["key", "item"]).group_by("key").len()
+        overlap = (
+            common.to_frame()
+            .join(shared, on="key", how="left")
+            .select((pl.col("len").fill_null(0) / K).mean())
+            .item()
         )
-        out[f"{name}.overlap@10"] = round(float(overlap.item() or 0.0), 6)
+        out[f"{name}.overlap@10"] = round(float(overlap or 0.0), 6)
         if name == "popularity":
-            first = mine.filter(pl.col("rank") < 100).select("item", "rank")
-            moved = first.join(theirs.select("item", pl.col("rank").alias("live")), on="item")
+            top = first.filter(pl.col("rank") < 100).select("item", "rank")
+            moved = top.join(last.select("item", pl.col("rank").alias("live")), on="item")
             change = moved.select((pl.col("rank") - pl.col("live")).abs().mean()).item()
             out["popularity.mean_rank_change_top100"] = round(float(change or 0.0), 6)
-            out["popularity.top100_new"] = first.height - moved.height
+            out["popularity.top100_new"] = top.height - moved.height
     return out

@@ -62,6 +62,6 @@ def difference_from_live(
     return {
         "live_version": live,
         **ev.difference(
-            ev.list_entries(artifact_type, blob), ev.list_entries(artifact_type, theirs)
+            ev.ranked_lists(artifact_type, blob), ev.ranked_lists(artifact_type, theirs)
         ),
     }
