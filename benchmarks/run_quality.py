@@ -283,6 +283,7 @@ def main() -> None:
                 if not outcome.success:
                     raise SystemExit(f"{day}: {outcome.reason}")
                 execute(defs, "publish_job", key, instance)
+            steps = {step.step: step.seconds for step in outcome.steps}
         report_path = Path(tmp) / f"artifacts/demo/home/quality/{held_out}.json"
         ours = json.loads(report_path.read_text())["metrics"]["candidate"]
         events = {
@@ -337,6 +338,7 @@ def main() -> None:
                 f"{name:<18} {task:<9} {m['hr@10']:7.4f} {m['ndcg@10']:8.4f} "
                 f"{m['mrr@10']:7.4f} {m['coverage']:8.4f} {m['cases']:7d}"
             )
+    print(f"steps of the held-out day: {', '.join(f'{k} {v:.2f}s' for k, v in steps.items())}")
     report(results)
     if args.json:
         args.json.write_text(json.dumps({"overrides": args.set, "metrics": table}, indent=2))
