@@ -64,6 +64,16 @@ def build_keys():
     ]
 
 
+def published_days(config, instance) -> dg.Definitions:
+    """The first two days built, checked and published; the graph's definitions."""
+    defs = build_definitions(config)
+    for day in ("2026-01-01", "2026-01-02"):
+        key = f"{day}|demo__home"
+        assert execute(defs, "recsys_daily", key, instance).success
+        assert execute(defs, "publish_job", key, instance).success
+    return defs
+
+
 @pytest.fixture
 def three_days(write_day):
     for n, day in enumerate(("2026-01-01", "2026-01-02", "2026-01-03")):
@@ -117,11 +127,7 @@ def test_evaluation_by_hand():
 
 def test_a_good_build_passes_and_its_report_is_written(make_config, three_days, instance):
     config = make_config(quality={"min_cases": 20})
-    defs = build_definitions(config)
-    for day in ("2026-01-01", "2026-01-02"):
-        key = f"{day}|demo__home"
-        assert execute(defs, "recsys_daily", key, instance).success
-        assert execute(defs, "publish_job", key, instance).success
+    published_days(config, instance)
     results = quality_results(instance, "2026-01-02|demo__home")
     assert {name: r.latest_execution_status.value for name, r in results.items()} == {
         name: "SUCCEEDED" for name in results
@@ -163,11 +169,7 @@ def test_a_good_build_passes_and_its_report_is_written(make_config, three_days, 
 
 def test_a_broken_build_is_kept_from_publishing(make_config, three_days, instance):
     config = make_config(quality={"min_cases": 20})
-    defs = build_definitions(config)
-    for day in ("2026-01-01", "2026-01-02"):
-        key = f"{day}|demo__home"
-        assert execute(defs, "recsys_daily", key, instance).success
-        assert execute(defs, "publish_job", key, instance).success
+    defs = published_days(config, instance)
     manifest = config.out_dir / "registry/current/demo/home/manifest.json"
     live = manifest.read_bytes()
     live_cooc = json.loads(live)["current"]["cooc"].rsplit("/", 1)[1].removesuffix(".json")

@@ -208,6 +208,14 @@ def disabled_reason(
     return None
 
 
+def disabled_reasons(config: AppConfig, entry: TenantSurface) -> dict[str, str | None]:
+    """Each artifact type's reason to be off for a tenant/surface (None: it is built)."""
+    return {
+        t: disabled_reason(config, entry, t, config.artifact_settings(entry, t))
+        for t in ARTIFACT_TYPES
+    }
+
+
 def artifact_window(entry: TenantSurface, artifact_type: str, day: dt.date, window_days: int):
     start, end = window_bounds(day, window_days)
     return ArtifactWindow(entry.tenant, entry.surface, entry.segment, artifact_type, start, end)

@@ -11,6 +11,7 @@ from recsys_assets.artifacts.assets import (
     caps_for,
     check_names,
     disabled_reason,
+    disabled_reasons,
     expected_for,
 )
 from recsys_assets.artifacts.envelope import window_json
@@ -45,12 +46,8 @@ WATCHED = [dg.AssetKey(t) for t in ARTIFACT_TYPES] + [QUALITY]
 
 
 def enabled_types(config: AppConfig, tenant_surface: str) -> list[str]:
-    entry = config.tenant_by_key(tenant_surface)
-    return [
-        t
-        for t in ARTIFACT_TYPES
-        if disabled_reason(config, entry, t, config.artifact_settings(entry, t)) is None
-    ]
+    reasons = disabled_reasons(config, config.tenant_by_key(tenant_surface))
+    return [t for t, reason in reasons.items() if reason is None]
 
 
 def readiness(

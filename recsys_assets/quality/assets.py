@@ -15,7 +15,7 @@ import dagster as dg
 import orjson
 import polars as pl
 
-from recsys_assets.artifacts.assets import artifact_window, disabled_reason
+from recsys_assets.artifacts.assets import artifact_window, disabled_reasons
 from recsys_assets.artifacts.staging import ArtifactStore
 from recsys_assets.artifacts.window import load_window
 from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface
@@ -96,24 +96,24 @@ def _judge(
             True, f"skipped: no {artifact_type} artifact for the window", skipped=True
         )
         return {check: skipped for check in quality_check_names(artifact_type)}
-    too_few = mine.cases < quality.min_cases
-    few = f"skipped: {mine.cases} {task} cases < quality.min_cases {quality.min_cases}"
+    few = (
+        f"{mine.cases} {task} cases < quality.min_cases {quality.min_cases}"
+        if mine.cases < quality.min_cases
+        else None
+    )
+
+    def skipped(why: str) -> _Verdict:
+        return _Verdict(True, f"skipped: {why}", skipped=True, hr=mine.hr)
+
     if artifact_type != "popularity":
         check = f"{artifact_type}_beats_baseline"
         baseline = scores["candidate"].get("popularity", {}).get(task)
         if not settings.beats_baseline:
-            out[check] = _Verdict(
-                True,
-                f"skipped: quality.types.{artifact_type}.beats_baseline is false",
-                skipped=True,
-                hr=mine.hr,
-            )
+            out[check] = skipped(f"quality.types.{artifact_type}.beats_baseline is false")
         elif baseline is None:
-            out[check] = _Verdict(
-                True, "skipped: no popularity artifact to compare with", skipped=True, hr=mine.hr
-            )
-        elif too_few:
-            out[check] = _Verdict(True, few, skipped=True, hr=mine.hr)
+            out[check] = skipped("no popularity artifact to compare with")
+        elif few:
+            out[check] = skipped(few)
         else:
             lift = settings.min_lift_over_popularity
             out[check] = _Verdict(
@@ -129,16 +129,9 @@ def _judge(
     theirs = live_scores.get(artifact_type)
     version = versions[artifact_type]
     if not settings.no_regression:
-        out[check] = _Verdict(
-            True,
-            f"skipped: quality.types.{artifact_type}.no_regression is false",
-            skipped=True,
-            hr=mine.hr,
-        )
+        out[check] = skipped(f"quality.types.{artifact_type}.no_regression is false")
     elif live_version is None:
-        out[check] = _Verdict(
-            True, "skipped: nothing live to compare with", skipped=True, hr=mine.hr
-        )
+        out[check] = skipped("nothing live to compare with")
     elif live_version == version:
         out[check] = _Verdict(
             True,
@@ -146,10 +139,11 @@ def _judge(
             hr=mine.hr,
         )
     elif theirs is None:
-        reason = unusable.get(artifact_type, f"live version {live_version} was not scored")
-        out[check] = _Verdict(True, f"skipped: {reason}", skipped=True, hr=mine.hr)
-    elif too_few:
-        out[check] = _Verdict(True, few, skipped=True, hr=mine.hr)
+        out[check] = skipped(
+            unusable.get(artifact_type, f"live version {live_version} was not scored")
+        )
+    elif few:
+        out[check] = skipped(few)
     else:
         drop = quality.max_relative_drop
         out[check] = _Verdict(
@@ -227,11 +221,8 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         quality = config.quality_for(entry)
         started = time.perf_counter()
         previous = partition.day - dt.timedelta(days=1)
-        enabled = [
-            t
-            for t in ARTIFACT_TYPES
-            if disabled_reason(config, entry, t, config.artifact_settings(entry, t)) is None
-        ]
+        off = disabled_reasons(config, entry)
+        enabled = [t for t, reason in off.items() if reason is None]
         skip_reason = None
         if not quality.enabled:
             skip_reason = "quality.enabled is false"
@@ -341,12 +332,9 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         )
         verdicts: dict[str, _Verdict] = {}
         for artifact_type in ARTIFACT_TYPES:
-            if artifact_type not in enabled:
-                reason = disabled_reason(
-                    config, entry, artifact_type, config.artifact_settings(entry, artifact_type)
-                )
+            if off[artifact_type]:
                 for name in quality_check_names(artifact_type):
-                    verdicts[name] = _Verdict(True, f"skipped: {reason}", skipped=True)
+                    verdicts[name] = _Verdict(True, f"skipped: {off[artifact_type]}", skipped=True)
                 continue
             verdicts |= _judge(
                 artifact_type, quality, scores, versions, live_primary, live, unusable
