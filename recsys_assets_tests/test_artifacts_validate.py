@@ -7,7 +7,7 @@ from datetime import date
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from recsys_assets.artifacts.envelope import build_document, disabled_marker, serialize
@@ -280,3 +280,100 @@ def test_fast_entry_check_agrees_with_the_schema(entry, definition):
         # Round-trip through JSON so values are what a parsed blob holds.
         value = orjson.loads(orjson.dumps(entry))
         assert _entry_ok(value, definition) == validator.is_valid(value), value
+
+
+# The fast path (msgspec structs, arrays) against the slow one (jsonschema, Python): on
+# documents that are good, nearly good or broken in one of the ways a builder could break
+# them, the fast path either gives the slow path's verdict or hands the blob over to it.
+ids = st.sampled_from(["A", "B", "C", "d", "é", ""])
+numbers = st.one_of(
+    st.integers(-1, 4),
+    st.floats(-0.5, 3, allow_nan=False).map(lambda x: round(x, 6)),
+    st.sampled_from([2.0, 1e-7, 1e16, 2**53, "1", None, True]),
+)
+rows_of_entries = st.lists(st.tuples(ids, numbers), max_size=4)
+
+
+def _entries(pairs, value: str, tidy: bool) -> list:
+    if tidy:  # what a builder writes: unique ids, values >= 0, by value descending then id
+        clean = {i: v for i, v in pairs if i and isinstance(v, int | float) and v >= 0}
+        clean = {i: int(v) if value == "count" else v for i, v in clean.items()}
+        pairs = sorted(clean.items(), key=lambda p: (-p[1], p[0]))
+    return [{"item_id": i, value: v} for i, v in pairs]
+
+
+def _payload(artifact_type: str, data, tidy: bool) -> dict:
+    value = "count" if artifact_type in ("popularity", "cooc") else "score"
+    if artifact_type == "popularity":
+        return {"items": _entries(data.draw(rows_of_entries), value, tidy)}
+    lists = {"cooc": ["neighbors"], "implicit": ["users"], "content_sim": ["items"]}
+    lists["session_seq"] = ["users", "transitions"]
+    payload = {}
+    for name in lists[artifact_type]:
+        key = "user_id" if name == "users" else "item_id"
+        inner = "similar" if artifact_type == "content_sim" else "items"
+        anchors = data.draw(st.lists(ids, max_size=3))
+        if tidy:
+            anchors = sorted({a for a in anchors if a})
+        rows = []
+        for anchor in anchors:
+            row = {key: anchor, inner: _entries(data.draw(rows_of_entries), value, tidy)}
+            if tidy and key == "item_id":
+                row[inner] = [e for e in row[inner] if e["item_id"] != anchor]
+            if artifact_type == "content_sim":
+                tags = data.draw(
+                    st.lists(st.sampled_from(["red", "Red", "blue", " x"]), max_size=3)
+                )
+                row = {"item_id": anchor, "tags": sorted(set(tags)) if tidy else tags, **row}
+            rows.append(row)
+        payload[name] = rows
+    return payload
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(list(PAYLOADS)),
+    st.booleans(),
+    st.sampled_from(["none", "version", "tenant", "extra", "caps", "reorder"]),
+    st.data(),
+)
+def test_fast_verdict_agrees_with_the_slow_one(artifact_type, tidy, damage, data):
+    from recsys_assets.artifacts.validate import _fast_verdict, _slow_verdict
+
+    payload = _payload(artifact_type, data, tidy)
+    try:
+        document = build_document(
+            artifact_type, "demo", "home", "", START, END, payload, HASH, "2026-01-02T00:00:00Z"
+        )
+    except ValueError:  # a payload without a JCS form (e.g. 2**53 + a float) gets no version
+        document = {**document_of(artifact_type), **payload}
+    if damage == "version":
+        document["build"] = {**document["build"], "version": "f" * 64}
+    elif damage == "tenant":
+        document["tenant"] = "other"
+    elif damage == "extra":
+        document["extra"] = 1
+    elif damage == "reorder":
+        document = dict(reversed(document.items()))
+    try:
+        blob = serialize(document)
+    except ValueError:
+        blob = orjson.dumps(document)
+    caps = Caps(max_items_per_artifact=2, max_items_per_user=2) if damage == "caps" else Caps()
+    if artifact_type == "cooc":
+        caps = Caps(**{**caps.__dict__, "min_cooc_support": 1})
+    if artifact_type == "content_sim":
+        caps = Caps(**{**caps.__dict__, "min_similarity": 0.1})
+    slow = _slow_verdict(blob, expected(artifact_type), caps)
+    fast = _fast_verdict(blob, expected(artifact_type), caps)
+    event(f"slow: {'bad' if slow.problems else 'good'}, fast: {fast is not None}")
+    if fast is not None:
+        assert slow.problems == [] and fast.version == slow.version, (slow, document)
+    elif slow.problems == []:
+        # Only an integral float count, which the schema admits and the builders never
+        # write, may take the slow path when the document is good.
+        assert b".0" in blob or b"e" in blob, document
+
+
+def document_of(artifact_type: str) -> dict:
+    return document(artifact_type, {name: [] for name in PAYLOADS[artifact_type]})

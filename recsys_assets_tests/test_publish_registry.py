@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from recsys_assets.artifacts.envelope import ARTIFACT_TYPES, build_document, serialize
+from recsys_assets.artifacts.validate import Verdict
 from recsys_assets.config import REPO_ROOT, S3Connection
 from recsys_assets.publish import (
     BlobInvalid,
@@ -111,7 +112,7 @@ def run_publish(
     cas_retries: int = 5,
     registry: Registry | None = None,
     objects: Store | None = None,
-    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+    check: Callable[[bytes], Verdict] | None = None,
 ) -> PublishResult:
     return publish(
         registry or backend.registry,
@@ -121,7 +122,7 @@ def run_publish(
         checks={"schema": "passed"},
         now=now,
         cas_retries=cas_retries,
-        validate=validate,
+        check=check,
     )
 
 
@@ -236,7 +237,9 @@ def test_a_blob_for_another_tenant_or_failing_validation_is_refused(backend: Bac
             cas_retries=5,
         )
     with pytest.raises(BlobInvalid, match="items must be sorted"):
-        run_publish(backend, blob, validate=lambda document: ["items must be sorted"])
+        run_publish(
+            backend, blob, check=lambda data: Verdict(version(data), ["items must be sorted"])
+        )
     assert backend.manifest_bytes() is None
     assert backend.objects.list_keys("") == []
 

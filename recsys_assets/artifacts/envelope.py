@@ -34,11 +34,12 @@ MARKER_FIELDS = frozenset({"enabled", "reason"})
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
-_MAX_SAFE_INT = 2**53 - 1
-# orjson writes a float differently from JCS only when it is integral (`3.0`, `-0.0`) or has
-# an exponent (`1e-6`, `1e+16`): the token contains `e-`/`e+`, or ends with `.0` before a
-# delimiter. In compact JSON it follows `:`, `,` or `[` and precedes `,`, `]` or `}`.
-_FLOAT_TO_FIX = re.compile(rb"-?[0-9]+(?:\.0(?=[,\]}])|(?:\.[0-9]+)?e[-+][0-9]+(?=[,\]}]))")
+MAX_SAFE_INT = 2**53 - 1
+# orjson (and msgspec, which `validate` re-encodes with) write a float differently from JCS
+# only when it is integral (`3.0`, `-0.0`) or has an exponent (`1e-6`, `1e+16`, msgspec's
+# `1e16`): the token contains `e`, or ends with `.0` before a delimiter. In compact JSON it
+# follows `:`, `,` or `[` and precedes `,`, `]` or `}`.
+_FLOAT_TO_FIX = re.compile(rb"-?[0-9]+(?:\.0(?=[,\]}])|(?:\.[0-9]+)?e[-+]?[0-9]+(?=[,\]}]))")
 _DELIMITERS = np.frombuffer(b",]}", dtype=np.uint8)
 _LONGEST_FLOAT = 32
 _SCAN_SLICE = 1 << 24
@@ -61,7 +62,7 @@ def json_scores(values: Any) -> list[int | float]:
     """
     scores = round_scores(values)
     out = scores.astype(object)
-    whole = (scores == np.trunc(scores)) & (np.abs(scores) <= _MAX_SAFE_INT)
+    whole = (scores == np.trunc(scores)) & (np.abs(scores) <= MAX_SAFE_INT)
     if whole.any():
         out[whole] = scores[whole].astype(np.int64).astype(object)
     return out.tolist()
@@ -262,7 +263,7 @@ def _pieces(document: Any, *, sort_keys: bool) -> list[bytes | memoryview]:
 
     option = orjson.OPT_STRICT_INTEGER | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
-        text = _jcs_numbers(orjson.dumps(document, default=slot, option=option))
+        text = jcs_numbers(orjson.dumps(document, default=slot, option=option))
     except orjson.JSONEncodeError as exc:
         what = "has no JCS form" if sort_keys else "cannot be serialized"
         raise ValueError(f"document {what}: {exc}") from exc
@@ -325,7 +326,7 @@ def es6_number(value: float) -> str:
     return f"{mantissa}e{'+' if power >= 0 else '-'}{abs(power)}"
 
 
-def _jcs_numbers(text: bytes) -> bytes:
+def jcs_numbers(text: bytes) -> bytes:
     """Rewrite the float tokens of compact JSON `text` whose form differs from JCS."""
     if text[:1] in b"-0123456789":  # a bare number: the whole text is the token
         return es6_number(float(text)).encode() if b"." in text or b"e" in text else text
@@ -352,7 +353,8 @@ def _jcs_numbers(text: bytes) -> bytes:
 
 
 def _suspects(text: bytes) -> np.ndarray:
-    """Sorted positions of `e-`, `e+` and of `.0` before a delimiter: where such floats are.
+    """Sorted positions of `e` before a sign or a digit and of `.0` before a delimiter:
+    where such floats are.
 
     A vectorized scan, several times faster than a regular expression over big documents,
     made slice by slice: masks of a whole 100 MB artifact would cost more than the scan.
@@ -364,7 +366,11 @@ def _suspects(text: bytes) -> np.ndarray:
         exponent = np.flatnonzero(window[:-1] == ord("e"))
         exponent = exponent[exponent < _SCAN_SLICE]
         following = window[exponent + 1]
-        exponent = exponent[(following == ord("-")) | (following == ord("+"))]
+        exponent = exponent[
+            (following == ord("-"))
+            | (following == ord("+"))
+            | ((following >= ord("0")) & (following <= ord("9")))
+        ]
         point = np.flatnonzero(window[:-2] == ord("."))
         point = point[point < _SCAN_SLICE]
         point = point[(window[point + 1] == ord("0")) & np.isin(window[point + 2], _DELIMITERS)]

@@ -6,29 +6,48 @@ marker), type/tenant/surface/segment/window, the version, caps, and the sort ord
 (with the uniqueness they imply). The checks after the schema run only on a document that
 matches it.
 
-Schema speed: jsonschema needs ~20 µs per object, minutes for the millions of entries an
-implicit artifact can hold. So the schema is applied to the document with its innermost
-entry lists emptied, and each entry is checked by `_entry_ok`, a direct transcription of the
-schema's `counted`/`scored` definitions (tests hold the two to agreement); an entry that
-fails is then validated with jsonschema, which writes the message.
+`check_blob` is what the checks and publish call: the blob's verdict (its recomputed version
+and its problems), computed once per blob and kept by its SHA-256 for the rest of the
+process, so that publish, running after the `valid` check, re-reads the bytes but does not
+redo the work.
+
+Speed: a big artifact has millions of entries, and walking them in Python costs more than
+building them. So a blob is first checked natively (`_fast_verdict`): msgspec decodes it
+into structs that mirror the schema (`_ENTRY`, `_ROW`, `_DOCUMENT`; a test holds them to
+agreement with the JSON Schema on good and bad documents), jsonschema checks the envelope
+with the lists emptied, the version is recomputed from the structs, and caps, orders,
+floors and self-references are compared as arrays. Only a blob that fails there takes the
+slow path (`validate_document`), which finds and words every problem: the fast path says
+whether a document is good, the slow path says what is wrong with it.
+
+Slow-path schema speed: jsonschema needs ~20 µs per object, so the schema is applied to the
+document with its innermost entry lists emptied, and each entry is checked by `_entry_ok`, a
+direct transcription of the schema's `counted`/`scored` definitions (tests hold the two to
+agreement); an entry that fails is then validated with jsonschema, which writes the message.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jsonschema
+import msgspec
+import numpy as np
 import orjson
 
 from recsys_assets.artifacts.envelope import (
     ARTIFACT_TYPES,
+    MAX_SAFE_INT,
     is_disabled_marker,
+    jcs_numbers,
     version_of,
     window_json,
 )
@@ -135,13 +154,48 @@ def _entry_validator(name: str, definition: str) -> jsonschema.Draft202012Valida
     )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A blob's recomputed version (None when it has none) and its problems (empty: good)."""
+
+    version: str | None
+    problems: list[str] = field(default_factory=list)
+
+
+# Verdicts of the last blobs checked in this process, by (SHA-256, expected, caps).
+_VERDICTS: OrderedDict[tuple[str, Expected, Caps], Verdict] = OrderedDict()
+_KEPT_VERDICTS = 64
+
+
+def check_blob(blob: bytes, expected: Expected, caps: Caps) -> Verdict:
+    """The verdict on an artifact blob: every check of `validate_document` (schema, identity,
+    version, caps, orders), once per distinct blob in a process."""
+    key = (hashlib.sha256(blob).hexdigest(), expected, caps)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        verdict = _fast_verdict(blob, expected, caps) or _slow_verdict(blob, expected, caps)
+        _VERDICTS[key] = verdict
+        while len(_VERDICTS) > _KEPT_VERDICTS:
+            _VERDICTS.popitem(last=False)
+    return verdict
+
+
 def validate_blob(blob: bytes, expected: Expected, caps: Caps) -> list[str]:
     """Problems of the document in `blob` (see `validate_document`), parse errors included."""
+    return check_blob(blob, expected, caps).problems
+
+
+def _slow_verdict(blob: bytes, expected: Expected, caps: Caps) -> Verdict:
     try:
         document = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
-        return [f"blob is not valid JSON: {exc}"]
-    return validate_document(document, expected, caps)
+        return Verdict(None, [f"blob is not valid JSON: {exc}"])
+    problems = validate_document(document, expected, caps)
+    try:
+        version = version_of(document) if isinstance(document, dict) else None
+    except ValueError:
+        version = None
+    return Verdict(version, problems)
 
 
 def validate_manifest(manifest: Any) -> list[str]:
@@ -166,7 +220,11 @@ def validate_document(document: Any, expected: Expected, caps: Caps) -> list[str
     if problems:
         return problems
     problems = _identity_problems(document, expected)
-    stated, recomputed = document["build"]["version"], version_of(document)
+    try:
+        recomputed = version_of(document)
+    except ValueError as exc:  # e.g. an integer beyond 2**53, which JCS cannot write
+        return [*problems, str(exc)]
+    stated = document["build"]["version"]
     if stated != recomputed:
         problems.append(
             f"build.version {stated} does not match the recomputed version {recomputed}"
@@ -239,10 +297,10 @@ def _entry_ok(entry: Any, definition: str) -> bool:
 
 def _identity_problems(document: Mapping[str, Any], expected: Expected) -> list[str]:
     problems = []
-    for field in ("artifact_type", "tenant", "surface"):
-        if document.get(field) != getattr(expected, field):
+    for name in ("artifact_type", "tenant", "surface"):
+        if document.get(name) != getattr(expected, name):
             problems.append(
-                f"{field} is {document.get(field)!r}, expected {getattr(expected, field)!r}"
+                f"{name} is {document.get(name)!r}, expected {getattr(expected, name)!r}"
             )
     segment = document.get("segment", "")
     if segment != expected.segment:
@@ -347,3 +405,168 @@ def _show(key: Any) -> str:
     if isinstance(key, tuple):
         return repr((-key[0], key[1]))
     return repr(key)
+
+
+# The fast path's structs: the schemas' `counted`/`scored` entries and list rows, strict
+# (unknown fields refused, types exact, `minLength`/`minimum` as msgspec constraints). An
+# integral float count (`3.0`, which JSON Schema's integer admits) fails here and is judged
+# by the slow path. The envelope fields stay untyped: jsonschema checks them, lists emptied.
+_Id = Annotated[str, msgspec.Meta(min_length=1)]
+_NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+# A score written as an integer stays one: re-encoded as a float it would need a JCS fix.
+_NonNegative = _NonNegativeInt | Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Counted(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    count: _NonNegativeInt
+
+
+class _Scored(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    score: _NonNegative
+
+
+class _CoocRow(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    items: list[_Counted]
+
+
+class _UserRow(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    user_id: _Id
+    items: list[_Scored]
+
+
+class _TransitionRow(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    items: list[_Scored]
+
+
+class _SimilarRow(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    tags: Annotated[list[_Id], msgspec.Meta(min_length=1)]
+    similar: list[_Scored]
+
+
+_UNSET: Any = msgspec.UNSET
+_ENVELOPE = ("v", "artifact_type", "tenant", "surface", "segment", "window", "build")
+
+
+def _document_struct(artifact_type: str, lists: dict[str, Any]) -> type[msgspec.Struct]:
+    """A document of one type: envelope fields as decoded JSON, its lists typed; a field
+    left out stays UNSET (jsonschema then names the missing one) and is not encoded."""
+    fields = [(name, Any, _UNSET) for name in _ENVELOPE]
+    fields += [(name, list[row] | msgspec.UnsetType, _UNSET) for name, row in lists.items()]
+    return msgspec.defstruct(
+        f"_{artifact_type}_document", fields, forbid_unknown_fields=True, gc=False
+    )
+
+
+_DOCUMENT: dict[str, type[msgspec.Struct]] = {
+    "popularity": _document_struct("popularity", {"items": _Counted}),
+    "cooc": _document_struct("cooc", {"neighbors": _CoocRow}),
+    "implicit": _document_struct("implicit", {"users": _UserRow}),
+    "content_sim": _document_struct("content_sim", {"items": _SimilarRow}),
+    "session_seq": _document_struct(
+        "session_seq", {"users": _UserRow, "transitions": _TransitionRow}
+    ),
+}
+_DECODERS = {name: msgspec.json.Decoder(struct) for name, struct in _DOCUMENT.items()}
+_SORTED = msgspec.json.Encoder(order="sorted")
+
+
+def _fast_verdict(blob: bytes, expected: Expected, caps: Caps) -> Verdict | None:
+    """The verdict on a good blob, natively; None when anything is off (or the blob is a
+    disabled marker): the slow path then finds and words the problems."""
+    decoder = _DECODERS.get(expected.artifact_type)
+    if decoder is None:
+        return None
+    try:
+        document = decoder.decode(blob)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    skeleton = {
+        name: [] if name in _lists(expected.artifact_type) else value
+        for name in document.__struct_fields__
+        if (value := getattr(document, name)) is not msgspec.UNSET
+    }
+    if _schema_problems(_validator(expected.artifact_type), skeleton, "$"):
+        return None
+    if _identity_problems(skeleton, expected):
+        return None
+    if not all(_layout_ok(getattr(document, layout.field), layout, caps)
+               for layout in _LAYOUTS[expected.artifact_type]):  # fmt: skip
+        return None
+    if expected.artifact_type == "content_sim" and not _tags_ok(document.items):
+        return None
+    unbuilt = msgspec.structs.replace(document, build=msgspec.UNSET)
+    digest = hashlib.sha256(jcs_numbers(_SORTED.encode(unbuilt))).hexdigest()
+    if document.build.get("version") != digest:
+        return None
+    return Verdict(digest)
+
+
+def _lists(artifact_type: str) -> set[str]:
+    return {layout.field for layout in _LAYOUTS[artifact_type]}
+
+
+def _layout_ok(rows: list[Any], layout: _Layout, caps: Caps) -> bool:
+    """One list's caps, orders, floor and self-references, compared as arrays."""
+    if layout.entries is None:
+        return _entries_ok(rows, np.array([len(rows)]), None, layout, caps)
+    assert layout.row_key is not None and layout.row_cap is not None
+    if len(rows) > getattr(caps, layout.row_cap[0]):
+        return False
+    anchors = np.array([getattr(row, layout.row_key) for row in rows], dtype=object)
+    if anchors.size > 1 and not (anchors[:-1] < anchors[1:]).all():
+        return False
+    lengths = np.array([len(getattr(row, layout.entries)) for row in rows], dtype=np.int64)
+    entries = [entry for row in rows for entry in getattr(row, layout.entries)]
+    return _entries_ok(entries, lengths, anchors, layout, caps)
+
+
+def _entries_ok(
+    entries: list[Any],
+    lengths: np.ndarray,
+    anchors: np.ndarray | None,
+    layout: _Layout,
+    caps: Caps,
+) -> bool:
+    """Entry lists laid end to end (`lengths` each): caps, (value descending, then id
+    ascending) within each list, no list naming its anchor, the floor, JCS-safe counts."""
+    if lengths.size and lengths.max(initial=0) > getattr(caps, layout.entry_cap[0]):
+        return False
+    if not entries:
+        return True
+    ids = np.array([entry.item_id for entry in entries], dtype=object)
+    if layout.value == "count":
+        values = np.fromiter((e.count for e in entries), dtype=np.float64, count=len(entries))
+    else:
+        values = np.fromiter((e.score for e in entries), dtype=np.float64, count=len(entries))
+    if values.max() > MAX_SAFE_INT:  # an integer JCS cannot write (the slow path says so)
+        return False
+    starts = np.zeros(len(entries), dtype=bool)
+    starts[np.cumsum(lengths)[:-1][lengths[1:] > 0]] = True
+    later = ~starts[1:]  # pairs of neighbours within one list
+    before, after = values[:-1], values[1:]
+    ordered = (before > after) | ((before == after) & (ids[:-1] < ids[1:]))
+    if not ordered[later].all():
+        return False
+    if layout.no_self and anchors is not None and (ids == np.repeat(anchors, lengths)).any():
+        return False
+    if layout.floor is not None and getattr(caps, layout.floor[0]) is not None:
+        floor = getattr(caps, layout.floor[0])
+        if (values < floor).any() or (layout.floor[2] and (values == floor).any()):
+            return False
+    return True
+
+
+def _tags_ok(rows: list[_SimilarRow]) -> bool:
+    """content_sim's tags: trimmed, lower-case, strictly ascending (so unique)."""
+    for row in rows:
+        tags = row.tags
+        if any(tag != tag.strip().lower() for tag in tags):
+            return False
+        if any(a >= b for a, b in zip(tags, tags[1:], strict=False)):
+            return False
+    return True

@@ -16,7 +16,7 @@ from recsys_assets.artifacts.assets import (
 )
 from recsys_assets.artifacts.envelope import window_json
 from recsys_assets.artifacts.staging import ArtifactStore
-from recsys_assets.artifacts.validate import validate_document
+from recsys_assets.artifacts.validate import check_blob
 from recsys_assets.config import ARTIFACT_TYPES, AppConfig
 from recsys_assets.partitions import parse_partition_key
 from recsys_assets.publish import protocol
@@ -284,9 +284,7 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                             context.instance, artifact_type, context.partition_key
                         ),
                         now=now,
-                        validate=lambda doc, w=window, c=caps: validate_document(
-                            doc, expected_for(w), c
-                        ),
+                        check=lambda data, w=window, c=caps: check_blob(data, expected_for(w), c),
                     )
                 )
             except PublishError as exc:

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
+import msgspec
 
 from recsys_assets.artifacts.envelope import ARTIFACT_TYPES, verify_blob
+from recsys_assets.artifacts.validate import Verdict
 from recsys_assets.config import check_name
 from recsys_assets.publish.errors import BlobInvalid, BlobMismatch
 from recsys_assets.publish.manifest import (
@@ -65,15 +66,17 @@ def prepare(
     expected: Mapping[str, Any],
     checks: Mapping[str, Any],
     now: dt.datetime,
-    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+    check: Callable[[bytes], Verdict] | None = None,
 ) -> Prepared:
     """Every step before the swap: verify, write the blob, read it back, write the record.
 
     `expected` holds envelope fields as the document has them (`artifact_type`, `tenant`,
     `surface`, `window` = {"start", "end"}, optionally `segment`); the blob must match them.
+    `check` is the artifact's full verdict (`validate.check_blob`), when given. The blob read
+    back must be the same bytes, so it carries the verdict of the bytes written.
     Raises a PublishError (BlobInvalid, BlobMismatch, StoreFailed, ...); "current" is untouched.
     """
-    document, version = verified_document(blob, expected, validate)
+    document, version = verified_document(blob, expected, check)
     artifact_type = document["artifact_type"]
     tenant, surface = document["tenant"], document["surface"]
     window = document["window"]
@@ -89,9 +92,6 @@ def prepare(
             f"{uri} holds {'nothing' if stored is None else 'other bytes'} after writing "
             f"version {version}; it was not published"
         )
-    ok, recomputed, problems = verify_blob(stored)
-    if not ok or recomputed != version:
-        raise BlobMismatch(f"{uri} read back does not verify as version {version}: {problems}")
 
     record = {
         "version": version,
@@ -172,12 +172,12 @@ def publish(
     checks: Mapping[str, Any],
     now: dt.datetime,
     cas_retries: int,
-    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+    check: Callable[[bytes], Verdict] | None = None,
 ) -> PublishResult:
     """Publish one artifact blob and point its type's manifest entry at it, unless a rule
     says no (see `prepare` and `swap`). Raises a PublishError with "current" untouched."""
     item = prepare(
-        registry, object_store, blob, expected=expected, checks=checks, now=now, validate=validate
+        registry, object_store, blob, expected=expected, checks=checks, now=now, check=check
     )
     actions, manifest = swap(registry, [item], now=now, cas_retries=cas_retries)
     return PublishResult(
@@ -194,19 +194,24 @@ def publish(
 def verified_document(
     blob: bytes,
     expected: Mapping[str, Any],
-    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+    check: Callable[[bytes], Verdict] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The blob's document and version, once its version recomputes and it is what is expected.
+    """The blob's envelope and version, once its version recomputes and it is what is expected.
 
-    Raises BlobInvalid naming every problem found.
+    With `check`, its verdict decides (and the payload is not parsed here); without, the
+    version is recomputed. Raises BlobInvalid naming every problem found.
     """
     missing = [field for field in EXPECTED_FIELDS if field not in expected]
     if missing:
         raise ValueError(f"expected must name {', '.join(missing)}; got {sorted(expected)}")
-    ok, version, problems = verify_blob(blob)
+    if check is None:
+        ok, version, problems = verify_blob(blob)
+    else:
+        verdict = check(blob)
+        ok, version, problems = not verdict.problems, verdict.version, verdict.problems
     if not ok or version is None:
         raise BlobInvalid(f"blob refused: {'; '.join(problems)}")
-    document = orjson.loads(blob)
+    document = _ENVELOPE.decode(blob)
     problems = [
         f"{field} is {document.get(field, '' if field == 'segment' else None)!r}, expected {want!r}"
         for field, want in expected.items()
@@ -219,8 +224,27 @@ def verified_document(
             check_name(kind, document.get(kind))
         except ValueError as exc:
             problems.append(str(exc))
-    if validate is not None and not problems:
-        problems.extend(validate(document))
     if problems:
         raise BlobInvalid(f"blob version {version} refused: {'; '.join(problems)}")
     return document, version
+
+
+class _Envelope(msgspec.Struct):
+    """The envelope members of a blob; the payload's bytes are skipped, not decoded."""
+
+    artifact_type: Any = None
+    tenant: Any = None
+    surface: Any = None
+    segment: Any = msgspec.UNSET
+    window: Any = None
+    build: Any = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = getattr(self, name, default)
+        return default if value is msgspec.UNSET else value
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
