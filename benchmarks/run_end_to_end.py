@@ -66,7 +66,8 @@ def config_for(out_dir: Path, raw: Path, catalog: Path, events: int, types: list
         "tenants": [{"tenant": "demo", "surface": "home"}],
         "out_dir": str(out_dir),
         "raw_source": {"type": "fs", "dir": str(raw)},
-        "catalog": {"path": str(catalog)},
+        # content_sim's input: without it, `run` has no catalog to refresh
+        **({"catalog": {"path": str(catalog)}} if "content_sim" in types else {}),
         "limits": {
             "max_events_per_run": max(events, 1_000_000),
             "max_sessions_per_run": max(events, 1_000_000),
@@ -83,6 +84,10 @@ class TreeSampler:
         self.process = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak = 0
+        self.samples: list[tuple[float, int]] = []  # (wall-clock time, tree RSS)
+
+    def peak_between(self, start: float, end: float) -> int:
+        return max((rss for at, rss in self.samples if start <= at <= end), default=0)
 
     def sample(self) -> None:
         try:
@@ -96,6 +101,7 @@ class TreeSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak = max(self.peak, total)
+        self.samples.append((time.time(), total))
 
 
 def _echo(stream, lines: list[str], show: bool) -> None:
@@ -140,6 +146,8 @@ def run_once(args: argparse.Namespace, raw: Path, catalog: Path, cold: bool) -> 
         steps, runs = event_log_steps(root / "dagster")
         versions = artifact_versions(root / "out")
     wall = ended - started
+    for step in steps:
+        step["peak_rss_mb"] = round(sampler.peak_between(step.pop("start"), step.pop("end")) / MB)
     first_run = min(r["start"] for r in runs)
     stepped = sum(s["seconds"] for s in steps)
     in_runs = sum(r["end"] - r["start"] for r in runs)
@@ -172,12 +180,11 @@ def event_log_steps(home: Path) -> tuple[list[dict], list[dict]]:
                 {
                     "step": name,
                     "start": stat.start_time,
+                    "end": stat.end_time,
                     "seconds": round(stat.end_time - stat.start_time, 2),
                 }
             )
     steps.sort(key=lambda s: s["start"])
-    for step in steps:
-        del step["start"]
     return steps, runs
 
 
@@ -192,16 +199,19 @@ def artifact_versions(out: Path) -> dict[str, str]:
 
 
 def table(result: dict) -> list[str]:
-    rows = [(s["step"], s["seconds"]) for s in result["steps"]]
+    rows = [(s["step"], s["seconds"], s["peak_rss_mb"]) for s in result["steps"]]
     rows += [
-        ("(process start to first run)", result["startup_s"]),
-        ("(Dagster between steps)", result["between_steps_s"]),
-        ("(between runs, exit)", result["between_runs_s"]),
+        ("(process start to first run)", result["startup_s"], None),
+        ("(Dagster between steps)", result["between_steps_s"], None),
+        ("(between runs, exit)", result["between_runs_s"], None),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{'step':<{width}}  seconds"]
-    lines += [f"{name:<{width}}  {seconds:7.2f}" for name, seconds in rows]
-    total = sum(seconds for _, seconds in rows)
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{'step':<{width}}  seconds  peak RSS MiB"]
+    lines += [
+        f"{name:<{width}}  {seconds:7.2f}" + ("" if peak is None else f"  {peak:12d}")
+        for name, seconds, peak in rows
+    ]
+    total = sum(seconds for _, seconds, _ in rows)
     steps = sum(s["seconds"] for s in result["steps"])
     lines.append(
         f"{'sum of steps':<{width}}  {steps:7.2f}  ({steps / result['wall_s']:.0%} of wall)"

@@ -23,6 +23,7 @@ from recsys_assets.artifacts.envelope import (
     es6_number,
     is_disabled_marker,
     json_scores,
+    round_scores,
     serialize,
     verify_blob,
     version_of,
@@ -340,6 +341,47 @@ def test_a_list_written_ahead_is_the_rfc8785_form_of_its_rows(rows, keys, part):
     plain = {"v": 1, "rows": nested, "score": 0.5}
     assert canonical_bytes(document) == rfc8785.dumps(plain)
     assert orjson.loads(serialize(document)) == plain
+
+
+scores = st.one_of(
+    st.floats(0, 9e8),
+    st.floats(0, 2e-6),
+    st.sampled_from([0.0, 1e-6, 0.5, 1.0, 3.0, 0.000123, 999_999_999.999999, 1e-7]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(text.filter(bool), scores), min_size=1), min_size=1, max_size=5))
+def test_scores_written_ahead_are_the_rfc8785_form_of_the_rounded_floats(rows):
+    """Float scores in `nest_json` (implicit's users) are written as JCS writes the rounded
+    number, whatever it is: whole, below 1e-5, many digits."""
+    items = sorted({item for entries in rows for item, _ in entries})
+    values = round_scores(np.array([v for entries in rows for _, v in entries]))
+    encoded = nest_json(
+        pl.Series([f"u{n}" for n in range(len(rows))], dtype=pl.String),
+        np.repeat(np.arange(len(rows)), [len(entries) for entries in rows]),
+        pl.Series(items, dtype=pl.String),
+        np.array([items.index(item) for entries in rows for item, _ in entries], dtype=int),
+        values,
+        row_key="user_id",
+        list_key="items",
+        value_key="score",
+    )
+    scored = iter(json_scores(values))
+    nested = [
+        {"user_id": f"u{n}", "items": [{"item_id": i, "score": next(scored)} for i, _ in entries]}
+        for n, entries in enumerate(rows)
+    ]
+    assert encoded.data == rfc8785.dumps(nested)
+
+
+def test_scores_beyond_what_is_written_exactly_are_refused():
+    for bad in (-0.5, 1e9, float("nan")):
+        with pytest.raises(ValueError, match="nest_json writes floats"):
+            nest_json(
+                pl.Series(["u"]), np.array([0]), pl.Series(["i"]), np.array([0]),
+                np.array([bad]), row_key="user_id", list_key="items", value_key="score",
+            )  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)

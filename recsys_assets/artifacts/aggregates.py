@@ -146,10 +146,16 @@ def as_coded(kind: str, aggregate: Aggregate) -> Coded | Stored:
     return coded_from_ids(aggregate[first], aggregate[second], aggregate[value].to_numpy(), kind)
 
 
+# What `daily_aggregates` reads of the canonical events (in their time order): a day's
+# other columns need not be loaded for it.
+EVENT_COLUMNS = ["session_id", "item_id", "user_id"]
+
+
 def daily_aggregates(
     events: pl.DataFrame, *, max_items_per_session: int = 200, transition_window: int = 3
 ) -> dict[str, Aggregate]:
-    """Every aggregate kind of one day's canonical events (kind -> frame)."""
+    """Every aggregate kind of one day's canonical events (kind -> frame); the events need
+    only EVENT_COLUMNS."""
     _check_events(events)
     if not isinstance(max_items_per_session, int) or max_items_per_session < 1:
         raise ValueError(
@@ -179,18 +185,11 @@ def daily_aggregates(
     session_of = np.repeat(np.arange(session_length.size), session_length)
     session_items = item_code[session_rows]  # session by session, in time order
 
-    # The three groups are independent and release the GIL in their heavy parts.
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        cooc = pool.submit(
-            _cooc, session_of, session_items, session_length, items, max_items_per_session
-        )
-        users = pool.submit(_user_aggregates, events, item_code, items)
-        transitions = pool.submit(
-            _item_transitions, session_of, session_items, items, transition_window
-        )
-        pairs, stats = cooc.result()
-        user_items, user_transitions = users.result()
-        item_transitions = transitions.result()
+    # One group after the other: each already keeps the cores busy (its kernels run on the
+    # threads, polars on its own), and at once their scratch arrays would add up.
+    pairs, stats = _cooc(session_of, session_items, session_length, items, max_items_per_session)
+    user_items, user_transitions = _user_aggregates(events, item_code, items)
+    item_transitions = _item_transitions(session_of, session_items, items, transition_window)
     return {
         "item_counts": pl.DataFrame(
             {"item_id": items, "count": np.bincount(item_code, minlength=items.len())},

@@ -172,7 +172,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         partition = parse_partition_key(context.partition_key)
         entry = config.tenant(partition.tenant, partition.surface)
         started = time.perf_counter()
-        events, marker = canonical_store.read_events(partition)
+        events, marker = canonical_store.read_events(partition, columns=agg.EVENT_COLUMNS)
         params = aggregate_params(config, entry)
         frames = agg.daily_aggregates(events, **params)
         written = canonical_store.write_aggregates(

@@ -176,7 +176,7 @@ class EncodedList(Sequence):
 
     Building millions of dicts only to serialize them costs more than the rest of an artifact
     (a window's session_seq users), so a payload may hold such a list as bytes instead: objects
-    with sorted keys, strings as orjson writes them, integers only (no float to correct). The
+    with sorted keys, strings as orjson writes them, numbers as JCS writes them. The
     blob then carries the same bytes, so its objects in this list have their keys sorted.
     Reading it (len, indexing, iteration, ==) parses it once. The bytes may come in parts
     (`parts`, written one after the other) so that a big list is never copied whole.
@@ -252,7 +252,7 @@ _SLOT = b"\x00"
 def _pieces(document: Any, *, sort_keys: bool) -> list[bytes | memoryview]:
     """The document's bytes in pieces: the embedded `EncodedList`s as they are, the text
     around them written by orjson with floats corrected; the lists are neither copied nor
-    scanned for floats (they hold none)."""
+    scanned for floats (their numbers are in JCS form already)."""
     embedded: list[list[bytes | memoryview]] = []
 
     def slot(value: Any) -> orjson.Fragment:

@@ -31,8 +31,8 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys_assets.artifacts.aggregates import Aggregate, as_coded
-from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, ids_at, most_active, nest
+from recsys_assets.artifacts.envelope import round_scores
+from recsys_assets.artifacts.ranking import check_cap, most_active, nest_json
 
 # Score of a slot without an item (implicit's filtered score): float32's lowest value.
 _FILTERED = np.finfo(np.float32).min
@@ -102,10 +102,13 @@ def implicit_payload(
         ids, raw = _recommend_unseen(model, matrix, kept, candidates)
 
     user_index, item, score = _ranked(ids, raw, max_items_per_user)
-    rows = nest(
-        users.gather(kept[user_index]),
-        ids_at(items, item),
-        json_scores(score),
+    written, row = np.unique(user_index, return_inverse=True)
+    rows = nest_json(
+        users.gather(kept[written]),
+        row,
+        items,
+        item,
+        score,
         row_key="user_id",
         list_key="items",
         value_key="score",

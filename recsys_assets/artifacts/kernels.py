@@ -359,6 +359,7 @@ def nested_json(
     entry_pieces,
     entry_pieces_at,
     value_first,
+    decimals,
     out_at,
     out,
     fill,
@@ -369,9 +370,10 @@ def nested_json(
     its entries (entry_indptr[r] to entry_indptr[r+1]-1, joined by commas) after piece 1,
     then a comma unless it is the last row. Entry e is `entry_pieces` 0 to 2 with the
     item's text after piece 0 and the value's digits after piece 1, or the other way round
-    (`value_first`). Texts are UTF-8 bytes cut at their `_at` offsets. Sizing (`fill`
-    false): each row's size goes to `out_at[r + 1]`. Filling: row r is written from
-    `out_at[r]` on.
+    (`value_first`); a value is an integer, or with `decimals` > 0 a count of
+    10**-decimals written as JCS writes that number (`_write_fixed`). Texts are UTF-8
+    bytes cut at their `_at` offsets. Sizing (`fill` false): each row's size goes to
+    `out_at[r + 1]`. Filling: row r is written from `out_at[r]` on.
     """
     last_row = row_text_at.size - 2
     for row in range(low, high):
@@ -380,7 +382,8 @@ def nested_json(
         size += 1 if row < last_row else 0
         first, end = entry_indptr[row], entry_indptr[row + 1]
         for entry in range(first, end):
-            size += entry_pieces_at[3] + _digits(values[entry]) + (1 if entry > first else 0)
+            size += entry_pieces_at[3] + _fixed_size(values[entry], decimals)
+            size += 1 if entry > first else 0
             size += item_text_at[items[entry] + 1] - item_text_at[items[entry]]
         if not fill:
             out_at[row + 1] = size
@@ -399,7 +402,7 @@ def nested_json(
                 at = _copy(out, at, entry_pieces, entry_pieces_at[0], entry_pieces_at[1])
                 for piece in range(2):
                     if (piece == 0) == value_first:
-                        at = _write_integer(out, at, values[entry])
+                        at = _write_fixed(out, at, values[entry], decimals)
                     else:
                         at = _copy(out, at, item_text, item_text_at[item], item_text_at[item + 1])
                     after = entry_pieces_at[piece + 1], entry_pieces_at[piece + 2]
@@ -419,6 +422,46 @@ def _write_integer(out, at, value):
     if value < 0:
         out[at] = 45  # -
     return end
+
+
+@njit(nogil=True, cache=True)
+def _fraction(value, decimals):
+    """(whole part, fraction digits without trailing zeros, their count) of a count >= 0
+    of 10**-decimals."""
+    scale = np.int64(1)
+    for _ in range(decimals):
+        scale *= 10
+    whole, fraction, width = value // scale, value % scale, decimals
+    while fraction and fraction % 10 == 0:
+        fraction //= 10
+        width -= 1
+    return whole, fraction, width if fraction else 0
+
+
+@njit(nogil=True, cache=True)
+def _fixed_size(value, decimals):
+    if decimals == 0:
+        return _digits(value)
+    whole, _, width = _fraction(value, decimals)
+    return _digits(whole) + (width + 1 if width else 0)
+
+
+@njit(nogil=True, cache=True)
+def _write_fixed(out, at, value, decimals):
+    """Write value * 10**-decimals (value >= 0 when decimals > 0) from `at` as ECMAScript
+    writes it for numbers below 1e21: the whole part, then `.` and the fraction's digits
+    when it has any; returns where it ends."""
+    if decimals == 0:
+        return _write_integer(out, at, value)
+    whole, fraction, width = _fraction(value, decimals)
+    at = _write_integer(out, at, whole)
+    if width:
+        out[at] = 46  # .
+        for position in range(at + width, at, -1):
+            out[position] = 48 + fraction % 10
+            fraction //= 10
+        at += width + 1
+    return at
 
 
 @njit(nogil=True, cache=True)

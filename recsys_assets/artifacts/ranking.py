@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from recsys_assets.artifacts.envelope import EncodedList
+from recsys_assets.artifacts.envelope import SCORE_DECIMALS, EncodedList
 from recsys_assets.artifacts.kernels import (
     frozen,
     nested_json,
@@ -190,7 +190,9 @@ def nest(
     return rows
 
 
-_NEST_PART = 1 << 18  # entries per block of the row kernels below, on the threads
+_NEST_PART = 1 << 18
+# Floats `nest_json` writes: below 2**33 (see there), with room to spare.
+FIXED_LIMIT = 1e9  # entries per block of the row kernels below, on the threads
 
 
 def nest_json(
@@ -204,17 +206,28 @@ def nest_json(
     list_key: str,
     value_key: str,
 ) -> EncodedList:
-    """`nest` for integer values, written straight to JCS bytes (see `EncodedList`).
+    """`nest`, written straight to JCS bytes (see `EncodedList`).
 
     Entry i is (rows[row[i]], items[item[i]], values[i]); `row` is non-decreasing and every
-    position of `rows` has an entry. The text is written once, into one buffer, by a
-    compiled loop (`kernels.nested_json`) over blocks of rows on the threads: no dict per
-    entry, no string column per piece.
+    position of `rows` has an entry. Values are integers, or floats already rounded to
+    SCORE_DECIMALS (`round_scores`), >= 0 and below FIXED_LIMIT. The text is written once,
+    into one buffer, by a compiled loop (`kernels.nested_json`) over blocks of rows on the
+    threads: no dict per entry, no string column per piece.
+
+    A rounded float v is written from the integer k = v * 10**6: below 2**33 two numbers of
+    6 decimals are never the same double, so k / 10**6 without its trailing zeros is the
+    shortest text that reads back as v, which is what JCS (ECMAScript) writes from 1e-6 on.
     """
-    if not np.issubdtype(values.dtype, np.integer):
-        raise TypeError(f"nest_json writes integer values, got {values.dtype}")
     if row.size == 0:
         return EncodedList(b"[]", 0)
+    decimals = 0
+    if np.issubdtype(values.dtype, np.floating):
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() < FIXED_LIMIT):
+            raise ValueError(f"nest_json writes floats in [0, {FIXED_LIMIT:g}), got others")
+        decimals = SCORE_DECIMALS
+        values = np.rint(values * 10.0**decimals).astype(np.int64)
+    elif not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"nest_json writes integer or float values, got {values.dtype}")
     if np.abs(values).max() > 2**53 - 1:
         raise ValueError("values beyond 2**53 - 1 have no exact JSON form (RFC 8785)")
     if np.any(row[1:] < row[:-1]):
@@ -247,6 +260,7 @@ def nest_json(
         text_first,
         *_joined(entry_pieces),
         value_first,
+        decimals,
     ]
     out_at = np.zeros(rows.len() + 1, dtype=np.int64)
     out_at[0] = 1  # after the array's `[`

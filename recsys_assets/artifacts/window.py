@@ -41,6 +41,7 @@ import xxhash
 
 from recsys_assets.artifacts.aggregates import (
     AGGREGATE_SCHEMAS,
+    EVENT_COLUMNS,
     PAIR_KINDS,
     Aggregate,
     as_coded,
@@ -145,7 +146,7 @@ def load_window(
             marker.get("v") != AGGREGATES_FORMAT or marker["params"] != params
         ):
             try:
-                events, canonical = store.read_events(partition)
+                events, canonical = store.read_events(partition, columns=EVENT_COLUMNS)
             except PartitionNotReady:
                 marker = None
             else:
