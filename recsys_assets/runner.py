@@ -8,6 +8,8 @@ instance (and on the console only when asked, `verbose`).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -192,6 +194,30 @@ class _Progress:
         return StepReport(step, seconds, event.is_step_success, "; ".join(parts))
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def return_freed_memory() -> bool:
+    """Make glibc give freed memory back to the system, so that a step's peak is its own.
+
+    Runs execute their steps one after the other in this process. By default glibc raises
+    its mmap threshold to the size of the largest block freed so far (up to 32 MB), so the
+    arrays of one step are served from the heap later and what the heap grew to stays
+    resident: a 5M-event day carried about 400 MB from step to step. Fixed thresholds
+    (blocks of 1 MiB and more mapped on their own, the heap trimmed above 4 MiB free) keep
+    the resident size to what live objects use. False where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 4 << 20)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 def execute(
     defs: dg.Definitions,
     job_name: str,
@@ -208,6 +234,7 @@ def execute(
     (it is in the instance either way).
     """
     global _sink
+    return_freed_memory()
     job = defs.resolve_job_def(job_name)
     steps: list[StepReport] = []
 

@@ -417,14 +417,14 @@ _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 _NonNegative = _NonNegativeInt | Annotated[float, msgspec.Meta(ge=0)]
 
 
-class _Counted(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class _Counted(msgspec.Struct, forbid_unknown_fields=True, gc=False, rename={"value": "count"}):
     item_id: _Id
-    count: _NonNegativeInt
+    value: _NonNegativeInt
 
 
-class _Scored(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class _Scored(msgspec.Struct, forbid_unknown_fields=True, gc=False, rename={"value": "score"}):
     item_id: _Id
-    score: _NonNegative
+    value: _NonNegative
 
 
 class _CoocRow(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -513,39 +513,32 @@ def _lists(artifact_type: str) -> set[str]:
 def _layout_ok(rows: list[Any], layout: _Layout, caps: Caps) -> bool:
     """One list's caps, orders, floor and self-references, compared as arrays."""
     if layout.entries is None:
-        return _entries_ok(rows, np.array([len(rows)]), None, layout, caps)
+        return _entries_ok([rows], None, layout, caps)
     assert layout.row_key is not None and layout.row_cap is not None
     if len(rows) > getattr(caps, layout.row_cap[0]):
         return False
     anchors = np.array([getattr(row, layout.row_key) for row in rows], dtype=object)
     if anchors.size > 1 and not (anchors[:-1] < anchors[1:]).all():
         return False
-    lengths = np.array([len(getattr(row, layout.entries)) for row in rows], dtype=np.int64)
-    entries = [entry for row in rows for entry in getattr(row, layout.entries)]
-    return _entries_ok(entries, lengths, anchors, layout, caps)
+    return _entries_ok([getattr(row, layout.entries) for row in rows], anchors, layout, caps)
 
 
 def _entries_ok(
-    entries: list[Any],
-    lengths: np.ndarray,
-    anchors: np.ndarray | None,
-    layout: _Layout,
-    caps: Caps,
+    lists: list[list[Any]], anchors: np.ndarray | None, layout: _Layout, caps: Caps
 ) -> bool:
-    """Entry lists laid end to end (`lengths` each): caps, (value descending, then id
-    ascending) within each list, no list naming its anchor, the floor, JCS-safe counts."""
+    """Entry lists (of the rows `anchors`, when they have rows): caps, (value descending,
+    then id ascending) within each list, no list naming its anchor, the floor, JCS-safe
+    counts. Laid end to end as arrays, the entries are read once each."""
+    lengths = np.array([len(entries) for entries in lists], dtype=np.int64)
     if lengths.size and lengths.max(initial=0) > getattr(caps, layout.entry_cap[0]):
         return False
-    if not entries:
+    if not lengths.sum():
         return True
-    ids = np.array([entry.item_id for entry in entries], dtype=object)
-    if layout.value == "count":
-        values = np.fromiter((e.count for e in entries), dtype=np.float64, count=len(entries))
-    else:
-        values = np.fromiter((e.score for e in entries), dtype=np.float64, count=len(entries))
+    ids = np.array([e.item_id for entries in lists for e in entries], dtype=object)
+    values = np.array([e.value for entries in lists for e in entries], dtype=np.float64)
     if values.max() > MAX_SAFE_INT:  # an integer JCS cannot write (the slow path says so)
         return False
-    starts = np.zeros(len(entries), dtype=bool)
+    starts = np.zeros(ids.size, dtype=bool)
     starts[np.cumsum(lengths)[:-1][lengths[1:] > 0]] = True
     later = ~starts[1:]  # pairs of neighbours within one list
     before, after = values[:-1], values[1:]
