@@ -19,6 +19,9 @@ DEFAULT_CONFIG = "configs/env/local.json"
 ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+# RFC 3339 date-time (section 5.6; a space may stand for the T, as its note allows): event
+# `ts`, catalog `created_at`, `build.built_at`. polars and `re` read it alike.
+RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from recsys_assets.artifacts.aggregates import (
     AGGREGATE_KINDS,
     AGGREGATE_SCHEMAS,
-    EVENTS_SCHEMA,
+    EVENT_SCHEMA,
     TRANSITION_UNIT,
     as_frame,
     daily_aggregates,
@@ -47,7 +47,7 @@ def events_frame(rows: list[tuple[int, str, str, str | None]]) -> pl.DataFrame:
             "request_id": [None] * len(rows),
             "rank": list(range(len(rows))),
         },
-        schema=EVENTS_SCHEMA,
+        schema=EVENT_SCHEMA,
     )
     return frame.sort(["ts", "session_id", "rank", "item_id", "user_id", "request_id"])
 
@@ -145,7 +145,7 @@ def test_same_timestamp_events_keep_the_canonical_rank_order():
             "request_id": ["r1", "r1"],
             "rank": [0, 1],
         },
-        schema=EVENTS_SCHEMA,
+        schema=EVENT_SCHEMA,
     )
     aggregates = day_frames(frame)
     assert aggregates["user_transitions"].rows() == [("u1", "A", 1)]

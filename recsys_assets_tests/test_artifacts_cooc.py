@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_assets.artifacts.aggregates import EVENTS_SCHEMA, daily_aggregates, merge_aggregates
+from recsys_assets.artifacts.aggregates import EVENT_SCHEMA, daily_aggregates, merge_aggregates
 from recsys_assets.artifacts.coded import Coded, Stored, raw_bytes, read_stored
 from recsys_assets.artifacts.cooc import cooc_payload
 from recsys_assets.artifacts.popularity import popularity_payload
@@ -40,7 +40,7 @@ def events_frame(rows: list[tuple[str, str]]) -> pl.DataFrame:
             "request_id": [None] * len(rows),
             "rank": [0] * len(rows),
         },
-        schema=EVENTS_SCHEMA,
+        schema=EVENT_SCHEMA,
     )
 
 

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from recsys_assets.artifacts.aggregates import (
-    EVENTS_SCHEMA,
+    EVENT_SCHEMA,
     TRANSITION_UNIT,
     as_coded,
     daily_aggregates,
@@ -43,7 +43,7 @@ def daily(rows=ROWS, window=3):
             "request_id": [None] * len(rows),
             "rank": [0] * len(rows),
         },
-        schema=EVENTS_SCHEMA,
+        schema=EVENT_SCHEMA,
     )
     return daily_aggregates(frame, transition_window=window)
 
@@ -111,7 +111,7 @@ def test_scores_are_rounded_to_six_decimals():
 
 
 def test_no_events_give_empty_lists_and_bad_caps_are_refused():
-    empty = daily_aggregates(pl.DataFrame(schema=EVENTS_SCHEMA))
+    empty = daily_aggregates(pl.DataFrame(schema=EVENT_SCHEMA))
     result, stats = session_seq_payload(
         merge_aggregates("user_transitions", [empty["user_transitions"]] * 2),
         empty["user_item_counts"],
@@ -149,7 +149,7 @@ def test_neighbors_that_round_to_the_same_score_are_ranked_by_id():
             "weight_units": [unit // 2 - 1, unit // 2, unit // 4, unit // 2 - 10**4],
         }
     )
-    empty = daily_aggregates(pl.DataFrame(schema=EVENTS_SCHEMA))
+    empty = daily_aggregates(pl.DataFrame(schema=EVENT_SCHEMA))
     for keep, expected in ((1, [("A", 0.5)]), (2, [("A", 0.5), ("B", 0.5)])):
         result, _ = session_seq_payload(
             empty["user_transitions"],

@@ -57,6 +57,7 @@ from recsys_assets.artifacts.coded import (
     empty_coded,
 )
 from recsys_assets.artifacts.ranking import codes
+from recsys_assets.events.canonical import EVENT_SCHEMA
 
 AGGREGATE_KINDS = (
     "item_counts",
@@ -93,16 +94,6 @@ AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
     "user_item_counts": ("user_id", "item_id"),
     "user_transitions": ("user_id", "item_id"),
     "item_transitions": ("item_id", "next_item_id"),
-}
-EVENTS_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Datetime("us", "UTC"),
-    "tenant": pl.String(),
-    "surface": pl.String(),
-    "session_id": pl.String(),
-    "item_id": pl.String(),
-    "user_id": pl.String(),
-    "request_id": pl.String(),
-    "rank": pl.Int64(),
 }
 MAX_TRANSITION_WINDOW = 20
 TRANSITION_UNIT = math.lcm(*range(1, MAX_TRANSITION_WINDOW + 1))
@@ -242,9 +233,9 @@ def _pair_schema(kind: str) -> dict[str, pl.DataType]:
 def _check_events(events: pl.DataFrame) -> None:
     for name in ("session_id", "item_id", "user_id"):
         dtype = events.schema.get(name)
-        if dtype != EVENTS_SCHEMA[name]:
+        if dtype != EVENT_SCHEMA[name]:
             raise ValueError(
-                f"canonical events need column {name} of type {EVENTS_SCHEMA[name]}, got {dtype}"
+                f"canonical events need column {name} of type {EVENT_SCHEMA[name]}, got {dtype}"
             )
     for name in ("session_id", "item_id"):
         nulls = events[name].null_count()

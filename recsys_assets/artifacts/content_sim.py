@@ -30,8 +30,11 @@ import orjson
 import polars as pl
 import scipy.sparse as sp
 
-from recsys_assets.artifacts.envelope import RFC3339, json_scores, round_scores
+from recsys_assets.artifacts.envelope import json_scores, round_scores
 from recsys_assets.artifacts.ranking import check_cap, codes, gc_paused, ids_at, top_k_per_row
+from recsys_assets.config import RFC3339
+
+_RFC3339 = re.compile(RFC3339)
 
 CATALOG_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
@@ -345,7 +348,7 @@ def _record(fields: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def _timestamp(value: object) -> datetime | None:
-    if not isinstance(value, str) or not RFC3339.match(value):
+    if not isinstance(value, str) or not _RFC3339.match(value):
         return None
     try:
         parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))

@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-ARTIFACT_TYPES = ("popularity", "cooc", "implicit", "content_sim", "session_seq")
+from recsys_assets.config import ARTIFACT_TYPES, RFC3339
+
 SCORE_DECIMALS = 6
 ENVELOPE_FIELDS = frozenset({"v", "artifact_type", "tenant", "surface", "segment", "window"})
 MARKER_FIELDS = frozenset({"enabled", "reason"})
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(RFC3339)
 MAX_SAFE_INT = 2**53 - 1
 # orjson (and msgspec, which `validate` re-encodes with) write a float differently from JCS
 # only when it is integral (`3.0`, `-0.0`) or has an exponent (`1e-6`, `1e+16`, msgspec's
@@ -132,7 +133,7 @@ def build_document(
         raise ValueError(f"payload fields {clash} would overwrite envelope fields")
     if not isinstance(source_hash, str) or not _HEX64.match(source_hash):
         raise ValueError(f"source_hash must be 64 lower-case hex digits, got {source_hash!r}")
-    if not isinstance(built_at, str) or not RFC3339.match(built_at):
+    if not isinstance(built_at, str) or not _RFC3339.match(built_at):
         raise ValueError(f"built_at must be an RFC 3339 timestamp, got {built_at!r}")
     document = _head(artifact_type, tenant, surface, segment, window_start, window_end_exclusive)
     document.update(payload)

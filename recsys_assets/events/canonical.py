@@ -18,11 +18,11 @@ import numpy as np
 import orjson
 import polars as pl
 
+from recsys_assets.config import RFC3339
 from recsys_assets.events.parse import (
     BLOCK_BYTES,
     ID_FIELDS,
     REQUIRED_FIELDS,
-    RFC3339,
     DecodedLines,
     map_blocks,
 )

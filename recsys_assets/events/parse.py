@@ -205,8 +205,6 @@ def _gate_reason(line: str) -> tuple[str, str] | None:
     return None
 
 
-RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
-
 # A string field's value that polars may have made of a JSON number (it starts with a digit,
 # a minus or anything below ":"), boolean, object or array, or a `ts` that is not date-like.
 # Comparisons, not regular expressions: this runs on every row.
