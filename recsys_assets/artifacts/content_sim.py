@@ -9,7 +9,7 @@ skipped, and an item listed both with the surface as namespace and without one k
 explicit row. Of the remaining items, the first `max_items` by id are kept, and similarity
 is computed among the kept items only, so every `similar` id also has a row. Each item is a
 TF-IDF vector over its tags (binary term frequency, idf = ln((1 + n) / (1 + df)) + 1, rows
-L2-normalised, as scikit-learn's TfidfTransformer defaults); similarity is the cosine
+L2-normalised: scikit-learn's TfidfVectorizer and `normalize`); similarity is the cosine
 (a dot product), rounded to 6 decimals, kept when strictly above `min_similarity`, ranked by
 score descending then id, and the item itself excluded.
 """
@@ -28,10 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import polars as pl
-import scipy.sparse as sp
 
 from recsys_assets.artifacts.envelope import json_scores, round_scores
-from recsys_assets.artifacts.ranking import check_cap, codes, gc_paused, ids_at, top_k_per_row
+from recsys_assets.artifacts.ranking import check_cap, gc_paused, ids_at, top_k_per_row
 from recsys_assets.config import RFC3339
 
 _RFC3339 = re.compile(RFC3339)
@@ -184,19 +183,23 @@ def _similar(
     items: pl.DataFrame, k: int, min_similarity: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(row, column, rounded score) of each item's top-k similar items, ordered by row."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
     n_items = items.height
-    exploded = items.select(row=pl.int_range(pl.len(), dtype=pl.Int64), tag="tags").explode("tag")
-    vocabulary = exploded["tag"].unique().sort()
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), vocabulary.len())
     if n_items < 2:
-        return empty
-    tag = codes(exploded["tag"], vocabulary, "tags")
-    row = exploded["row"].to_numpy()
-    frequency = np.bincount(tag, minlength=vocabulary.len())
-    idf = np.log((1 + n_items) / (1 + frequency)) + 1
-    weight = idf[tag]
-    weight /= np.sqrt(np.bincount(row, weights=weight**2, minlength=n_items))[row]
-    vectors = sp.csr_matrix((weight, (row, tag)), shape=(n_items, vocabulary.len()))
+        vocabulary = items["tags"].explode().drop_nulls().n_unique()
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), vocabulary
+    # Smooth IDF (log((1 + n) / (1 + df)) + 1) over binary tag counts (the tags are unique
+    # per item), then unit rows. The vectorizer's own l2 step differs from `normalize` in
+    # the last bit of some weights, which could move a rounded score: normalize is the one
+    # the versions were made with.
+    vectorizer = TfidfVectorizer(analyzer=_as_tokens, lowercase=False, norm=None)
+    vectors = normalize(vectorizer.fit_transform(items["tags"].to_list()), norm="l2").tocsr()
+    vectors.sort_indices()
+    row = np.repeat(np.arange(n_items), np.diff(vectors.indptr))
+    tag = vectors.indices
+    frequency = np.bincount(tag, minlength=vectors.shape[1])
     transposed = vectors.T.tocsr()
 
     # Blocks of rows whose candidate products (sum of their tags' frequencies) stay bounded.
@@ -221,7 +224,12 @@ def _similar(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(block, bounds[:-1], bounds[1:]))
     rows, columns, scores = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return rows, columns, scores, vocabulary.len()
+    return rows, columns, scores, len(vectorizer.vocabulary_)
+
+
+def _as_tokens(tags: list[str]) -> list[str]:
+    """The vectorizer's analyzer: an item's tags are its terms, as they are."""
+    return tags
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
