@@ -4,7 +4,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -46,12 +46,16 @@ Builder = Callable[[WindowData, AppConfig, TenantSurface, Any], tuple[dict, dict
 
 @dataclass(frozen=True)
 class ArtifactSpec:
-    """How one artifact type is built: the aggregates it merges and its payload builder."""
+    """How one artifact type is built: what it reads (the window's merged aggregates of
+    `kinds`, or the item catalog), its payload builder, and its own blocking checks beside
+    those of every type (name -> description)."""
 
     artifact_type: str
     kinds: tuple[str, ...]
     build: Builder
     description: str
+    reads_catalog: bool = False
+    checks: dict[str, str] = field(default_factory=dict)
 
 
 def _popularity(window: WindowData, config: AppConfig, entry, settings) -> tuple[dict, dict]:
@@ -119,6 +123,11 @@ SPECS: dict[str, ArtifactSpec] = {
         ("cooc_pairs", "cooc_stats", "item_counts"),
         _cooc,
         "Items seen in the same session as each anchor, over the window.",
+        checks={
+            "excluded_event_ratio": (
+                "share of events in over-long sessions <= limits.max_excluded_event_ratio"
+            )
+        },
     ),
     "implicit": ArtifactSpec(
         "implicit",
@@ -131,6 +140,7 @@ SPECS: dict[str, ArtifactSpec] = {
         (),
         _content_sim,
         "Items similar by TF-IDF cosine over their catalog tags.",
+        reads_catalog=True,
     ),
     "session_seq": ArtifactSpec(
         "session_seq",
@@ -203,7 +213,7 @@ def disabled_reason(
 ) -> str | None:
     if not settings.enabled:
         return f"artifacts.{artifact_type}.enabled is false"
-    if artifact_type == "content_sim" and config.catalog_for(entry) is None:
+    if SPECS[artifact_type].reads_catalog and config.catalog_for(entry) is None:
         return "no item catalog is configured"
     return None
 
@@ -232,7 +242,7 @@ def artifact_asset(
         config.artifact_settings(entry, spec.artifact_type).window_days for entry in config.tenants
     )
     deps: list[dg.AssetDep] = [dg.AssetDep(AGGREGATES, partition_mapping=lookback(longest))]
-    if spec.artifact_type == "content_sim":
+    if spec.reads_catalog:
         deps = [
             dg.AssetDep(
                 CATALOG,
@@ -263,7 +273,7 @@ def artifact_asset(
             context.log.info(f"{spec.artifact_type} for {partition}: disabled ({reason})")
             return dg.MaterializeResult(metadata={"enabled": False, "reason": reason})
         started = time.perf_counter()
-        if spec.kinds:
+        if not spec.reads_catalog:
             data = load_window(
                 canonical_store,
                 config,
@@ -336,10 +346,7 @@ def check_names(artifact_type: str) -> dict[str, str]:
     """The blocking checks of an artifact type, name -> description; publishing waits for
     each of them."""
     names = {"valid": "schema, envelope, version, caps, ids, scores (SPEC §6)"}
-    if artifact_type == "cooc":
-        names["excluded_event_ratio"] = (
-            "share of events in over-long sessions <= limits.max_excluded_event_ratio"
-        )
+    names |= SPECS[artifact_type].checks
     names["no_collapse"] = (
         "rows of each list >= publish.min_row_ratio of the live version's, and not zero "
         "when live has rows (forced with --allow-collapse, audited)"
@@ -575,9 +582,7 @@ def build_artifact_assets(
 ) -> list:
     out: list = [aggregates_asset(config, partitions_def), catalog_asset(config, tenant_partitions)]
     for artifact_type in ARTIFACT_TYPES:
-        spec = SPECS.get(artifact_type)
-        if spec is None:
-            continue
+        spec = SPECS[artifact_type]
         out.append(artifact_asset(spec, config, partitions_def))
         out.append(artifact_checks(spec, config, partitions_def))
     return out
