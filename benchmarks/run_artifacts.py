@@ -38,6 +38,7 @@ from benchmarks.generate import generate  # noqa: E402
 from benchmarks.measure import report, stage  # noqa: E402
 from benchmarks.run_canonical import DATA  # noqa: E402
 from benchmarks.run_canonical import LIMITS as CANONICAL_LIMITS  # noqa: E402
+from recsys_assets.artifacts.aggregate_store import write_aggregates  # noqa: E402
 from recsys_assets.artifacts.aggregates import daily_aggregates  # noqa: E402
 from recsys_assets.artifacts.assets import SPECS  # noqa: E402
 from recsys_assets.artifacts.content_sim import content_sim_payload  # noqa: E402
@@ -190,8 +191,8 @@ def window_in(
     for offset in range(days):  # the window's history: aggregated once, as the asset does
         partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
         frame, marker = store.read_events(partition)
-        aggregates.write_aggregates(
-            partition, daily_aggregates(frame, **params), params, marker["content_hash"]
+        write_aggregates(
+            aggregates, partition, daily_aggregates(frame, **params), params, marker["content_hash"]
         )
     today = Partition("demo", "home", DAY0 + dt.timedelta(days=days))
     frame, marker = store.read_events(today)
@@ -200,7 +201,7 @@ def window_in(
         """Run the day; `stats` gets each part's seconds and how each window was merged."""
         started = time.perf_counter()
         day = daily_aggregates(frame, **params)
-        aggregates.write_aggregates(today, day, params, marker["content_hash"])
+        write_aggregates(aggregates, today, day, params, marker["content_hash"])
         stats["s aggregate"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         data = load_window(aggregates, config, entry, today.day, window_days, kinds)

@@ -40,7 +40,7 @@ from recsys_assets.events.canonical import Partition, canonical_from_day_file  #
 from recsys_assets.events.remote_sources import PostgresEventSource, S3EventSource  # noqa: E402
 from recsys_assets.events.sources import FilesystemEventSource  # noqa: E402
 from recsys_assets.locations import S3Settings  # noqa: E402
-from recsys_assets.signals.db import connect, embedded_dsn, migrate, resolve_tenant  # noqa: E402
+from recsys_assets.postgres import connect, embedded_dsn, migrate, resolve_tenant  # noqa: E402
 from recsys_assets.signals.sink import write_day_signals  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / ".data"

@@ -386,7 +386,7 @@ def _print_outputs(config: AppConfig, targets: list[TenantSurface], command: str
     if command not in ("ingest", "validate"):
         print(f"staged artifacts:     {config.artifacts_location}")
     if config.db.dsn and command in ("run", "db-signals", "catalog"):
-        from recsys_assets.signals.db import describe_dsn, resolve_dsn
+        from recsys_assets.postgres import describe_dsn, resolve_dsn
 
         if config.db.dsn == "embedded":
             pgdata = config.out_dir / "pg"

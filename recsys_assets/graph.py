@@ -16,6 +16,7 @@ from recsys_assets.events.sources import FilesystemEventSource, RawEventSource
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.locations import s3_settings, s3_settings_of
 from recsys_assets.partitions import daily_partitions, tenant_surface_partitions
+from recsys_assets.postgres import resolve_dsn
 from recsys_assets.publish.assets import (
     FRESHNESS,
     PUBLISH,
@@ -34,7 +35,6 @@ from recsys_assets.signals.assets import (
     item_tags_asset,
     signal_database,
 )
-from recsys_assets.signals.db import resolve_dsn
 
 DAILY_JOB = "recsys_daily"
 

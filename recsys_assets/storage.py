@@ -250,7 +250,7 @@ def _sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-def _error_code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
@@ -259,7 +259,7 @@ def _http_status(exc: ClientError) -> int | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_client(connection: S3Connection, pid: int) -> Any:
+def s3_client(connection: S3Connection, pid: int) -> Any:
     """One boto3 client per connection and process: clients are thread-safe but slow to build,
     and a forked child must not share its parent's sockets (hence the pid in the cache key).
     """
@@ -308,7 +308,7 @@ class S3Store(Store):
         self._client = self._connect()
 
     def _connect(self) -> Any:
-        client = _s3_client(self.connection, os.getpid())
+        client = s3_client(self.connection, os.getpid())
         if self.connection.create_bucket:
             self._ensure_bucket(client)
         return client
@@ -326,7 +326,7 @@ class S3Store(Store):
         try:
             client.create_bucket(**options)
         except ClientError as exc:
-            if _error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            if error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 raise
 
     def _key(self, key: str) -> str:
@@ -339,7 +339,7 @@ class S3Store(Store):
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if _error_code(exc) == "NoSuchKey":  # not NoSuchBucket: that is a config error
+            if error_code(exc) == "NoSuchKey":  # not NoSuchBucket: that is a config error
                 return None, None
             raise
         with response["Body"] as body:
@@ -355,7 +355,7 @@ class S3Store(Store):
                 **precondition,
             )
         except ClientError as exc:
-            if precondition and _error_code(exc) in _CONFLICT_CODES:
+            if precondition and error_code(exc) in _CONFLICT_CODES:
                 return False
             raise
         return True

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from recsys_assets.signals.db import connect
+from recsys_assets.postgres import connect
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def pg_db_dsn(pg_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def pg_conn(pg_db_dsn: str) -> Iterator[psycopg.Connection]:
-    """A `recsys_assets.signals.db.connect` connection to a fresh database (not migrated)."""
+    """A `recsys_assets.postgres.connect` connection to a fresh database (not migrated)."""
     conn = connect(pg_db_dsn, statement_timeout_s=30)
     yield conn
     conn.close()

@@ -12,9 +12,10 @@ import orjson
 import polars as pl
 import pytest
 
+from recsys_assets.artifacts.aggregate_store import write_aggregates
 from recsys_assets.artifacts.aggregates import (
     AGGREGATE_KINDS,
-    EVENTS_SCHEMA,
+    EVENT_SCHEMA,
     PAIR_KINDS,
     as_frame,
     daily_aggregates,
@@ -47,7 +48,7 @@ def day_events(offset: int, salt: int = 0) -> pl.DataFrame:
                 "rank": i,
             }
         )
-    return pl.DataFrame(rows, schema=EVENTS_SCHEMA)
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA)
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def setup(make_config, tmp_path):
     def aggregate(offset: int, salt: int = 0) -> None:
         partition = Partition("demo", "home", DAY0 + dt.timedelta(days=offset))
         aggregates = daily_aggregates(day_events(offset, salt), **params)
-        store.write_aggregates(partition, aggregates, params, f"{offset}-{salt}")
+        write_aggregates(store, partition, aggregates, params, f"{offset}-{salt}")
 
     def window(offset: int):
         day = DAY0 + dt.timedelta(days=offset)

@@ -29,7 +29,7 @@ from recsys_assets.events.remote_sources import (
 )
 from recsys_assets.events.sources import FilesystemEventSource, RawInput
 from recsys_assets.locations import S3Settings
-from recsys_assets.signals.db import SchemaMismatch, UnknownTenant, migrate, resolve_tenant
+from recsys_assets.postgres import SchemaMismatch, UnknownTenant, migrate, resolve_tenant
 from recsys_assets.storage import open_store
 from recsys_assets_tests.conftest import event, lines
 from recsys_assets_tests.pg_fixtures import pg_conn, pg_db_dsn, pg_dsn  # noqa: F401

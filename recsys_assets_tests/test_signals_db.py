@@ -14,7 +14,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from recsys_assets.signals.db import (
+from recsys_assets.postgres import (
     DbError,
     SchemaMismatch,
     UnknownTenant,

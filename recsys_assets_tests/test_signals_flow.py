@@ -4,8 +4,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from recsys_assets.graph import build_definitions
+from recsys_assets.postgres import migrate, resolve_tenant
 from recsys_assets.runner import execute
-from recsys_assets.signals.db import migrate, resolve_tenant
 from recsys_assets_tests.conftest import REPO
 from recsys_assets_tests.pg_fixtures import pg_conn, pg_db_dsn, pg_dsn  # noqa: F401
 from recsys_assets_tests.s3_fixtures import s3_connection, s3_server  # noqa: F401

@@ -11,6 +11,7 @@ import dagster as dg
 import orjson
 
 from recsys_assets.artifacts import aggregates as agg
+from recsys_assets.artifacts.aggregate_store import write_aggregates
 from recsys_assets.artifacts.content_sim import content_sim_payload, parse_catalog
 from recsys_assets.artifacts.cooc import cooc_payload
 from recsys_assets.artifacts.envelope import build_document
@@ -185,8 +186,8 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         events, marker = canonical_store.read_events(partition, columns=agg.EVENT_COLUMNS)
         params = aggregate_params(config, entry)
         frames = agg.daily_aggregates(events, **params)
-        written = canonical_store.write_aggregates(
-            partition, frames, params, marker["content_hash"]
+        written = write_aggregates(
+            canonical_store, partition, frames, params, marker["content_hash"]
         )
         seconds = time.perf_counter() - started
         stats = frames["cooc_stats"].row(0, named=True)

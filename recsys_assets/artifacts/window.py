@@ -39,6 +39,11 @@ import orjson
 import polars as pl
 import xxhash
 
+from recsys_assets.artifacts.aggregate_store import (
+    AGGREGATES_FORMAT,
+    aggregates_marker,
+    read_aggregate,
+)
 from recsys_assets.artifacts.aggregates import (
     AGGREGATE_SCHEMAS,
     EVENT_COLUMNS,
@@ -59,12 +64,7 @@ from recsys_assets.artifacts.coded import (
 )
 from recsys_assets.config import AppConfig, TenantSurface
 from recsys_assets.events.canonical import Partition
-from recsys_assets.events.store import (
-    AGGREGATES_FORMAT,
-    CanonicalStore,
-    PartitionNotReady,
-    day_range,
-)
+from recsys_assets.events.store import CanonicalStore, PartitionNotReady, day_range
 
 # 3: states checked by xxh3_128 rather than SHA-256.
 STATE_FORMAT = 3
@@ -164,7 +164,7 @@ def load_window(
         if current in recomputed:
             return recomputed[current][kind]
         partition = Partition(entry.tenant, entry.surface, current)
-        return store.read_aggregate(partition, kind, markers[current])
+        return read_aggregate(store, partition, kind, markers[current])
 
     saving: list[Future] = []
 
@@ -306,10 +306,10 @@ class _WindowStates:
     def _old_aggregate(self, day: dt.date, content_hash: str) -> Coded | None:
         """A day's aggregate as a state summed it, if its file is still that one."""
         partition = Partition(self.entry.tenant, self.entry.surface, day)
-        marker = self.store.aggregates_marker(partition)
+        marker = aggregates_marker(self.store, partition)
         if marker is None or marker["content_hashes"].get(self.source) != content_hash:
             return None
-        return _derived(self.kind, self.store.read_aggregate(partition, self.source, marker))
+        return _derived(self.kind, read_aggregate(self.store, partition, self.source, marker))
 
     def _read(self, last: dt.date) -> tuple[dict[str, str], Stored, Future[bool]] | None:
         """The state ending on `last` (its days, its arrays as stored) and whether its checksum

@@ -19,7 +19,7 @@ from recsys_assets.config import S3Connection
 from recsys_assets.events.canonical import Partition
 from recsys_assets.events.sources import DAY_FILE, FLAT_FILE, RawEventSource, RawInput
 from recsys_assets.locations import S3Settings
-from recsys_assets.signals.db import (
+from recsys_assets.postgres import (
     DbError,
     connect,
     db_message,
@@ -27,7 +27,7 @@ from recsys_assets.signals.db import (
     resolve_tenant,
     table_identifier,
 )
-from recsys_assets.storage import _error_code, _s3_client
+from recsys_assets.storage import error_code, s3_client
 
 # Bytes of the flat object read at a time: memory for the scan is about twice this.
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -55,13 +55,13 @@ class S3EventSource(RawEventSource):
         try:
             return client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) == "NoSuchKey":  # not NoSuchBucket: that is a config error
+            if error_code(exc) == "NoSuchKey":  # not NoSuchBucket: that is a config error
                 return None
             raise
 
     def read(self, partition: Partition) -> RawInput:
         connection = self.s3.connection() if self.s3 else S3Connection()
-        client = _s3_client(connection, os.getpid())
+        client = s3_client(connection, os.getpid())
         day_key = self._key(
             f"{partition.tenant}/{partition.surface}/{DAY_FILE.format(day=partition.day)}"
         )

@@ -7,8 +7,6 @@ import datetime as dt
 import orjson
 import polars as pl
 
-from recsys_assets.artifacts import coded
-from recsys_assets.artifacts.aggregates import PAIR_KINDS, Aggregate
 from recsys_assets.events.canonical import (
     EVENT_SCHEMA,
     CanonicalPartition,
@@ -18,11 +16,6 @@ from recsys_assets.events.canonical import (
     sha256_hex,
 )
 from recsys_assets.locations import LocationResource
-
-# Version of the aggregates' storage: 2 stores the pair kinds coded (artifacts.coded).
-# Days written in another format count as not aggregated under the current rules, so an
-# artifact re-aggregates them from their canonical partition.
-AGGREGATES_FORMAT = 2
 
 
 class PartitionNotReady(RuntimeError):
@@ -39,10 +32,6 @@ def exposures_key(partition: Partition) -> str:
 
 def rejects_key(partition: Partition) -> str:
     return f"{_prefix(partition)}/rejects/{partition.day.isoformat()}.jsonl"
-
-
-def aggregate_key(partition: Partition, kind: str) -> str:
-    return f"{_prefix(partition)}/aggregates/{kind}/{partition.day.isoformat()}.parquet"
 
 
 def marker_key(partition: Partition, dataset: str = "exposures") -> str:
@@ -152,63 +141,6 @@ class CanonicalStore(LocationResource):
         if data is None or sha256_hex(data) != marker["content_hash"]:
             raise PartitionNotReady(f"catalog of {tenant}/{surface} does not match its marker")
         return pl.read_parquet(data), marker
-
-    def write_aggregates(
-        self,
-        partition: Partition,
-        aggregates: dict[str, Aggregate],
-        params: dict[str, object],
-        source_hash: str,
-    ) -> dict[str, object]:
-        """Write each aggregate kind of a day, then one marker with their hashes."""
-        store = self.store()
-        hashes, rows = {}, {}
-        for kind, aggregate in sorted(aggregates.items()):
-            if isinstance(aggregate, coded.Coded):
-                data, rows[kind] = coded.parquet_bytes(aggregate), aggregate.nnz
-            else:
-                data, rows[kind] = parquet_bytes(aggregate), aggregate.height
-            store.write_bytes(aggregate_key(partition, kind), data)
-            hashes[kind] = sha256_hex(data)
-        marker = {
-            "v": AGGREGATES_FORMAT,
-            "dataset": "aggregates",
-            "tenant": partition.tenant,
-            "surface": partition.surface,
-            "day": partition.day.isoformat(),
-            "source_hash": source_hash,
-            "params": params,
-            "content_hashes": hashes,
-            "rows": rows,
-        }
-        store.write_bytes(
-            marker_key(partition, "aggregates"), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
-        )
-        return marker
-
-    def aggregates_marker(self, partition: Partition) -> dict | None:
-        """The day's aggregates marker; None when absent or in another storage format."""
-        marker = self.marker(partition, "aggregates")
-        return marker if marker is not None and marker.get("v") == AGGREGATES_FORMAT else None
-
-    def read_aggregates(
-        self, partition: Partition, kinds: list[str]
-    ) -> tuple[dict[str, Aggregate], dict] | None:
-        """The day's aggregates of `kinds` as its marker vouches for them; None when absent
-        or stored in another format (see AGGREGATES_FORMAT)."""
-        marker = self.aggregates_marker(partition)
-        if marker is None:
-            return None
-        return {kind: self.read_aggregate(partition, kind, marker) for kind in kinds}, marker
-
-    def read_aggregate(self, partition: Partition, kind: str, marker: dict) -> Aggregate:
-        """One kind of the day's aggregates, checked against `marker` (its aggregates marker)."""
-        data = self.store().read_bytes(aggregate_key(partition, kind))
-        if data is None or sha256_hex(data) != marker["content_hashes"].get(kind):
-            raise PartitionNotReady(
-                f"aggregates {kind} of {partition}: file does not match the marker's hash"
-            )
-        return coded.read_parquet(data) if kind in PAIR_KINDS else pl.read_parquet(data)
 
 
 def day_range(start: dt.date, end: dt.date) -> list[dt.date]:

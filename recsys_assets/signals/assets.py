@@ -6,13 +6,14 @@ from contextlib import contextmanager
 import dagster as dg
 import polars as pl
 
+from recsys_assets import postgres as db
+from recsys_assets.artifacts.aggregate_store import read_aggregates
 from recsys_assets.artifacts.assets import AGGREGATES, CATALOG, SPECS
 from recsys_assets.artifacts.window import WindowData
 from recsys_assets.config import AppConfig
 from recsys_assets.events.canonical import Partition
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady
 from recsys_assets.partitions import parse_partition_key
-from recsys_assets.signals import db
 from recsys_assets.signals.sink import write_day_signals, write_item_tags
 
 DB_SIGNALS = dg.AssetKey("db_signals")
@@ -120,7 +121,7 @@ def db_signals_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         if not signal_db.enabled:
             return dg.MaterializeResult(metadata={"enabled": False, "reason": "no db.dsn"})
         partition = parse_partition_key(context.partition_key)
-        loaded = canonical_store.read_aggregates(partition, DAY_KINDS)
+        loaded = read_aggregates(canonical_store, partition, DAY_KINDS)
         if loaded is None:
             raise PartitionNotReady(f"no daily aggregates for {partition}")
         popularity, covisit = day_signal_frames(loaded[0], config, partition)

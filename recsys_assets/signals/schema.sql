@@ -1,5 +1,5 @@
 -- The online service's tables (SPEC §7, and §2 for exposure_events), as recsys-assets expects
--- them. Applied by `recsys_assets.signals.db.migrate`; every statement is idempotent and none
+-- them. Applied by `recsys_assets.postgres.migrate`; every statement is idempotent and none
 -- drops anything, so it is safe against a live database that already has the tables.
 
 CREATE TABLE IF NOT EXISTS tenants (

@@ -18,7 +18,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from recsys_assets.signals.db import DbError, db_message, rollback_quietly
+from recsys_assets.postgres import DbError, db_message, rollback_quietly
 
 POPULARITY_TABLE = "item_popularity_daily"
 COVISIT_TABLE = "item_covisit_daily"

@@ -1,4 +1,5 @@
-"""PostgreSQL connections and schema for the online service's tables (SPEC §7, §8).
+"""PostgreSQL for everything that talks to it: connections (embedded or by DSN), the
+online service's tables (SPEC §7, §8) and tenants, for the signals and the Postgres source.
 
 Every function here leaves the connection idle (committed or rolled back), so callers can
 chain them without inheriting a half-open transaction.
@@ -15,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+SCHEMA_SQL = Path(__file__).parent / "signals" / "schema.sql"
 EMBEDDED = "embedded"
 APPLICATION_NAME = "recsys-assets"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
