@@ -75,6 +75,7 @@ workers: $(STAMP)
 	@trap 'kill 0' INT TERM; for i in $$(seq 1 $(N)); do \
 		mkdir -p $(WORKERS_HOME)/w$$i && cp deploy/dagster.yaml $(WORKERS_HOME)/w$$i/dagster.yaml; \
 		(cd $(WORKERS_HOME)/w$$i && DAGSTER_HOME=$(WORKERS_HOME)/w$$i RECSYS_EXECUTOR=celery \
+			PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 			RECSYS_CELERY_CONFIG=$(CURDIR)/$(CELERY_CONFIG) \
 			$(CURDIR)/$(VENV)/bin/dagster-celery worker start -A dagster_celery.app \
 			-y $(CURDIR)/$(CELERY_CONFIG) -n w$$i -- --concurrency=1 --without-gossip --without-mingle) & \

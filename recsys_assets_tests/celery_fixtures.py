@@ -160,6 +160,9 @@ def workers(
     """Celery workers named `names`, each in `root/<name>` with its copy of the config
     (JSON text) and deploy/dagster.yaml, stopped on exit."""
     started: dict[str, Worker] = {}
+    # A SIGTERM (a CI timeout) ends this process through the `finally` below, not around
+    # it, so that no worker outlives it.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for name in names:
             started[name] = Worker(name, root / name, env, config, celery_yaml)
@@ -169,6 +172,7 @@ def workers(
     finally:
         for worker in started.values():
             worker.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def reconstructable_job(job_name: str) -> dg._core.definitions.reconstruct.ReconstructableJob:

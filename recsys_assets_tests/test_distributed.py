@@ -49,6 +49,8 @@ SETTINGS = {
         "implicit": {"factors": 8, "iterations": 5},
     },
 }
+# About half of the backfill's steps (16 a partition, 2 a tenant/surface's catalog).
+KILL_AFTER_STEPS = 60
 # A task taken by a killed worker is handed out again after this many seconds.
 VISIBILITY_TIMEOUT = 12
 
@@ -186,9 +188,9 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
             target=lambda: results.extend(run_backfill(["recsys_daily", "publish_job"], KEYS, home))
         )
         backfill.start()
-        # Once both workers have finished steps, kill w2 in the middle of one.
+        # Mid-backfill, once both workers have finished steps, kill w2 in the middle of one.
         killed, killed_at = None, 0.0
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while killed is None and backfill.is_alive() and time.monotonic() < deadline:
             taken, ended = step_workers(shared), step_ends(shared)
             done = {
@@ -197,7 +199,7 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
             in_flight = [
                 (r, s) for r, s, w, _ in taken if w.startswith("w2@") and (r, s) not in ended
             ]
-            if min(done.values()) >= 3 and in_flight:
+            if sum(done.values()) >= KILL_AFTER_STEPS and min(done.values()) >= 3 and in_flight:
                 pool["w2"].kill()
                 killed, killed_at = in_flight[0], time.time()
             time.sleep(0.5)
