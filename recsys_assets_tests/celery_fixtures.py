@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -195,6 +196,10 @@ class RunResult:
 
 def _run_chain(home: str, runs: Sequence[tuple[str, str]], tags: Mapping[str, str]) -> list:
     """Executes `runs` (job, partition key) one after the other, in this process."""
+    from celery.exceptions import DuplicateTaskNameWarning
+
+    # dagster-celery defines its step task anew for each step it submits; Celery warns each time.
+    warnings.filterwarnings("ignore", category=DuplicateTaskNameWarning)
     results = []
     with dg.DagsterInstance.from_config(home) as instance:
         for name, key in runs:
