@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: demo test smoke lint dev bench clean
+.PHONY: demo test smoke lint dev bench clean redis-server broker workers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ demo: $(WARM) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/recsys-assets run --config configs/env/local.json --start 2026-01-01
 	$(VENV)/bin/recsys-assets run --config configs/env/sample.json --start 2026-01-01 --end 2026-01-03
 
-test: $(WARM) $(DAGSTER_HOME)/dagster.yaml
+# Debian's redis-server, the Celery broker of the distributed test: installed when it is not on
+# the PATH and apt-get is there (CI runs as root); otherwise that test skips, saying why.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+		|| echo "redis-server could not be installed with apt-get; the distributed test will skip"
+
+test: $(WARM) $(DAGSTER_HOME)/dagster.yaml redis-server
 	$(VENV)/bin/ruff check recsys_assets recsys_assets_tests benchmarks testdata
 	$(VENV)/bin/ruff format --check recsys_assets recsys_assets_tests benchmarks testdata
 	$(MAKE) --no-print-directory smoke
@@ -54,6 +61,32 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run_canonical.py --events 5000000
+
+# Distributed setup (README "Deployment"): a broker, and N Celery workers on this machine,
+# each with its own DAGSTER_HOME under $(WORKERS_HOME) holding deploy/dagster.yaml. Every
+# worker machine needs the same code, RECSYS_CONFIG (data locations on S3), DAGSTER_PG_URL,
+# the broker URLs and the compute-log bucket variables of deploy/dagster.yaml.
+N ?= 2
+REDIS_PORT ?= 6379
+WORKERS_HOME ?= $(CURDIR)/.workers
+CELERY_CONFIG ?= deploy/celery.yaml
+export RECSYS_CELERY_BROKER ?= redis://localhost:$(REDIS_PORT)/0
+export RECSYS_CELERY_BACKEND ?= redis://localhost:$(REDIS_PORT)/1
+
+broker: redis-server
+	mkdir -p $(WORKERS_HOME)/redis
+	redis-server --port $(REDIS_PORT) --dir $(WORKERS_HOME)/redis --save '' --appendonly no
+
+workers: $(STAMP)
+	@test -n "$$DAGSTER_PG_URL" || (echo "workers: set DAGSTER_PG_URL (deploy/dagster.yaml)"; exit 2)
+	@trap 'kill 0' INT TERM; for i in $$(seq 1 $(N)); do \
+		mkdir -p $(WORKERS_HOME)/w$$i && cp deploy/dagster.yaml $(WORKERS_HOME)/w$$i/dagster.yaml; \
+		(cd $(WORKERS_HOME)/w$$i && DAGSTER_HOME=$(WORKERS_HOME)/w$$i RECSYS_EXECUTOR=celery \
+			PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+			RECSYS_CELERY_CONFIG=$(CURDIR)/$(CELERY_CONFIG) \
+			$(CURDIR)/$(VENV)/bin/dagster-celery worker start -A dagster_celery.app \
+			-y $(CURDIR)/$(CELERY_CONFIG) -n w$$i -- --concurrency=1 --without-gossip --without-mingle) & \
+	done; wait
 
 clean:
 	rm -rf .out .dagster

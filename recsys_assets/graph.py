@@ -137,7 +137,10 @@ def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     return {name if name == DAILY_JOB else f"{name}_job": step for name, step in steps.items()}
 
 
-def build_definitions(config: AppConfig) -> dg.Definitions:
+def build_definitions(
+    config: AppConfig, executor: dg.ExecutorDefinition = dg.in_process_executor
+) -> dg.Definitions:
+    """The code location for a config; `executor` runs the steps of launched runs."""
     assets = build_assets(config)
     jobs = {
         name: dg.define_asset_job(name, selection=selection, description=description)
@@ -153,7 +156,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
     return dg.Definitions(
         assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
-        executor=dg.in_process_executor,
+        executor=executor,
         jobs=list(jobs.values()),
         schedules=[daily_schedule, freshness_schedule(config, jobs["freshness_job"])],
         sensors=[publish_sensor(config)],

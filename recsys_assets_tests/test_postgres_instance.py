@@ -1,4 +1,4 @@
-"""The production instance config (deploy/dagster.postgres.yaml) runs real materializations."""
+"""The production instance config (deploy/dagster.yaml) runs real materializations."""
 
 import dagster as dg
 import psycopg
@@ -30,7 +30,7 @@ def test_materialization_with_the_instance_on_postgres(
     monkeypatch,
 ):
     monkeypatch.setenv("DAGSTER_PG_URL", sqlalchemy_url(pg_db_dsn))
-    storage = yaml.safe_load((REPO / "deploy/dagster.postgres.yaml").read_text())["storage"]
+    storage = yaml.safe_load((REPO / "deploy/dagster.yaml").read_text())["storage"]
     write_day((REPO / "testdata/events/tiny/exposure.jsonl").read_bytes())
     config = make_config()
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
