@@ -485,8 +485,9 @@ def _fast_verdict(blob: bytes, expected: Expected, caps: Caps) -> Verdict | None
         document = decoder.decode(blob)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+    lists = _lists(expected.artifact_type)
     skeleton = {
-        name: [] if name in _lists(expected.artifact_type) else value
+        name: [] if name in lists else value
         for name in document.__struct_fields__
         if (value := getattr(document, name)) is not msgspec.UNSET
     }

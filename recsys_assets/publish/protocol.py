@@ -195,7 +195,7 @@ def verified_document(
     blob: bytes,
     expected: Mapping[str, Any],
     check: Callable[[bytes], Verdict] | None = None,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[_Envelope, str]:
     """The blob's envelope and version, once its version recomputes and it is what is expected.
 
     With `check`, its verdict decides (and the payload is not parsed here); without, the
