@@ -38,8 +38,9 @@ from benchmarks.generate import generate  # noqa: E402
 from benchmarks.measure import report, stage  # noqa: E402
 from benchmarks.run_canonical import DATA  # noqa: E402
 from benchmarks.run_canonical import LIMITS as CANONICAL_LIMITS  # noqa: E402
-from recsys_assets.artifacts.aggregate_store import write_aggregates  # noqa: E402
-from recsys_assets.artifacts.aggregates import daily_aggregates  # noqa: E402
+from recsys_assets.aggregates.daily import daily_aggregates  # noqa: E402
+from recsys_assets.aggregates.store import write_aggregates  # noqa: E402
+from recsys_assets.aggregates.window import aggregate_params, load_window  # noqa: E402
 from recsys_assets.artifacts.assets import SPECS  # noqa: E402
 from recsys_assets.artifacts.content_sim import content_sim_payload  # noqa: E402
 from recsys_assets.artifacts.cooc import cooc_payload  # noqa: E402
@@ -47,7 +48,6 @@ from recsys_assets.artifacts.envelope import build_document, serialized_parts  #
 from recsys_assets.artifacts.implicit_als import implicit_payload  # noqa: E402
 from recsys_assets.artifacts.popularity import popularity_payload  # noqa: E402
 from recsys_assets.artifacts.session_seq import session_seq_payload  # noqa: E402
-from recsys_assets.artifacts.window import aggregate_params, load_window  # noqa: E402
 from recsys_assets.config import AppConfig, parse_config  # noqa: E402
 from recsys_assets.events.assets import build_canonical_partition  # noqa: E402
 from recsys_assets.events.canonical import Partition  # noqa: E402
@@ -133,7 +133,7 @@ def build(artifact_type: str, frames: dict[str, pl.DataFrame], day: dt.date, day
     elif artifact_type == "session_seq":
         payload, _ = session_seq_payload(
             frames["user_transitions"],
-            # A window hands session_seq the users' totals only (see artifacts.window).
+            # A window hands session_seq the users' totals only (see aggregates.window).
             frames["user_activity"] if "user_activity" in frames else frames["user_item_counts"],
             frames["item_transitions"],
         )

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_assets.artifacts.aggregates import (
+from recsys_assets.aggregates.daily import (
     AGGREGATE_KINDS,
     AGGREGATE_SCHEMAS,
     EVENT_SCHEMA,

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_assets.artifacts.aggregates import EVENT_SCHEMA, daily_aggregates, merge_aggregates
-from recsys_assets.artifacts.coded import Coded, Stored, raw_bytes, read_stored
+from recsys_assets.aggregates.coded import Coded
+from recsys_assets.aggregates.daily import EVENT_SCHEMA, daily_aggregates, merge_aggregates
 from recsys_assets.artifacts.cooc import cooc_payload
 from recsys_assets.artifacts.popularity import popularity_payload
 from recsys_assets.artifacts.ranking import (
@@ -219,7 +219,7 @@ def test_top_k_per_row_equals_sorting_each_row(entries, k):
     assert chosen.tolist() == expected
 
 
-# Mostly small values, some past a byte and two bytes: a stored form lists those apart.
+# Mostly small values, some past a byte and two bytes.
 matrices = st.lists(
     st.tuples(st.integers(0, 5), st.integers(0, 6), st.integers(1, 40) | st.integers(200, 70_000)),
     max_size=60,
@@ -235,23 +235,17 @@ def csr_of(entries, scale: int) -> sp.csr_matrix:
     return matrix
 
 
-def held_as(matrix: sp.csr_matrix, form: str) -> Coded | Stored:
-    """The matrix as a Coded, or as a window state holds it (narrow, big values apart)."""
-    coded = Coded(pl.Series([f"r{i}" for i in range(6)]), pl.Series(list("abcdefg")), matrix)
-    return coded if form == "coded" else read_stored(raw_bytes(coded))
-
-
-forms = st.sampled_from(["coded", "stored"])
+def held_as(matrix: sp.csr_matrix) -> Coded:
+    return Coded(pl.Series([f"r{i}" for i in range(6)]), pl.Series(list("abcdefg")), matrix)
 
 
 @settings(max_examples=150, deadline=None)
-@given(matrices, st.integers(1, 5), st.sampled_from([1, 2**31, 2**45]), forms, st.data())
-def test_the_top_k_of_kept_rows_equals_sorting_those_rows(entries, k, scale, form, data):
-    """Values past 32 bits (`scale`) take the kernel's other ordering, and rank the same,
-    whether the matrix is held wide or narrow."""
+@given(matrices, st.integers(1, 5), st.sampled_from([1, 2**31, 2**45]), st.data())
+def test_the_top_k_of_kept_rows_equals_sorting_those_rows(entries, k, scale, data):
+    """Values past 32 bits (`scale`) take the kernel's other ordering, and rank the same."""
     matrix = csr_of(entries, scale)
     kept = np.array(data.draw(st.lists(st.integers(0, 5), unique=True).map(sorted)), dtype=int)
-    position, column, value = top_k_of_rows(held_as(matrix, form), kept, k)
+    position, column, value = top_k_of_rows(held_as(matrix), kept, k)
     expected = []
     for at, row in enumerate(kept.tolist()):
         members = zip(matrix[row].indices.tolist(), matrix[row].data.tolist(), strict=True)
@@ -261,13 +255,11 @@ def test_the_top_k_of_kept_rows_equals_sorting_those_rows(entries, k, scale, for
 
 
 @settings(max_examples=150, deadline=None)
-@given(matrices, st.integers(1, 5), st.sampled_from([0, 1, 2.5]), forms, st.data())
-def test_reaching_of_kept_rows_keeps_what_can_reach_their_k_th_largest(
-    entries, k, slack, form, data
-):
+@given(matrices, st.integers(1, 5), st.sampled_from([0, 1, 2.5]), st.data())
+def test_reaching_of_kept_rows_keeps_what_can_reach_their_k_th_largest(entries, k, slack, data):
     matrix = csr_of(entries, 1)
     kept = np.array(data.draw(st.lists(st.integers(0, 5), unique=True).map(sorted)), dtype=int)
-    position, column, value = reaching_of_rows(held_as(matrix, form), kept, k, slack)
+    position, column, value = reaching_of_rows(held_as(matrix), kept, k, slack)
     expected = []
     for at, row in enumerate(kept.tolist()):
         values = matrix[row].data.tolist()
@@ -275,14 +267,6 @@ def test_reaching_of_kept_rows_keeps_what_can_reach_their_k_th_largest(
         columns = matrix[row].indices.tolist()
         expected += [(at, c, v) for c, v in zip(columns, values, strict=True) if v >= floor]
     assert list(zip(position.tolist(), column.tolist(), value.tolist(), strict=True)) == expected
-
-
-@settings(max_examples=60, deadline=None)
-@given(matrices)
-def test_row_sums_of_a_narrow_state_are_exact(entries):
-    matrix = csr_of(entries, 1)
-    expected = np.asarray(matrix.sum(axis=1)).ravel().tolist()
-    assert held_as(matrix, "stored").row_sums().tolist() == expected
 
 
 @given(st.lists(st.integers(0, 9), max_size=40), st.integers(1, 12), st.booleans())

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from recsys_assets.artifacts.aggregates import (
+from recsys_assets.aggregates.daily import (
     EVENT_SCHEMA,
     TRANSITION_UNIT,
     as_coded,

@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "recsys_assets"
 # What each part may not import: canonical data knows nothing of what is built from it.
 FORBIDDEN = {
-    "events": ("artifacts", "signals", "quality", "publish"),
+    "events": ("aggregates", "artifacts", "signals", "quality", "publish"),
+    "aggregates": ("artifacts", "signals", "quality", "publish"),
     "artifacts": ("signals",),
 }
 

@@ -1,4 +1,4 @@
-"""Daily aggregates, the artifact assets and their checks: thin wiring over the pure builders."""
+"""The artifact assets and their checks: thin wiring over the pure builders."""
 
 import datetime as dt
 import hashlib
@@ -10,8 +10,12 @@ from typing import Any
 import dagster as dg
 import orjson
 
-from recsys_assets.artifacts import aggregates as agg
-from recsys_assets.artifacts.aggregate_store import write_aggregates
+from recsys_assets.aggregates.assets import AGGREGATES, aggregates_asset
+from recsys_assets.aggregates.window import (
+    WindowData,
+    load_window,
+    window_bounds,
+)
 from recsys_assets.artifacts.content_sim import content_sim_payload, parse_catalog
 from recsys_assets.artifacts.cooc import cooc_payload
 from recsys_assets.artifacts.envelope import build_document
@@ -20,7 +24,6 @@ from recsys_assets.artifacts.popularity import popularity_payload
 from recsys_assets.artifacts.session_seq import session_seq_payload
 from recsys_assets.artifacts.staging import ArtifactStore, ArtifactWindow
 from recsys_assets.artifacts.validate import Caps, Expected, validate_blob
-from recsys_assets.artifacts.window import WindowData, aggregate_params, load_window, window_bounds
 from recsys_assets.config import (
     ARTIFACT_TYPES,
     AppConfig,
@@ -30,7 +33,6 @@ from recsys_assets.config import (
     SessionSeqSettings,
     TenantSurface,
 )
-from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
 from recsys_assets.publish import collapse
@@ -39,7 +41,6 @@ from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.rollback import default_actor
 from recsys_assets.quality.live import difference_from_live, live_blob, live_versions
 
-AGGREGATES = dg.AssetKey("daily_aggregates")
 CATALOG = dg.AssetKey("item_catalog")
 
 Builder = Callable[[WindowData, AppConfig, TenantSurface, Any], tuple[dict, dict]]
@@ -166,49 +167,6 @@ def lookback(window_days: int) -> dg.PartitionMapping:
     )
 
 
-def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
-    @dg.asset(
-        key=AGGREGATES,
-        partitions_def=partitions_def,
-        deps=[CANONICAL],
-        group_name="aggregates",
-        kinds={"polars", "parquet"},
-        description="One day's partial aggregates (item counts, session co-counts, user-item "
-        "counts, transitions), computed once from the canonical partition; artifact windows "
-        "merge them.",
-    )
-    def daily_aggregates(
-        context: dg.AssetExecutionContext, canonical_store: CanonicalStore
-    ) -> dg.MaterializeResult:
-        partition = parse_partition_key(context.partition_key)
-        entry = config.tenant(partition.tenant, partition.surface)
-        started = time.perf_counter()
-        events, marker = canonical_store.read_events(partition, columns=agg.EVENT_COLUMNS)
-        params = aggregate_params(config, entry)
-        frames = agg.daily_aggregates(events, **params)
-        written = write_aggregates(
-            canonical_store, partition, frames, params, marker["content_hash"]
-        )
-        seconds = time.perf_counter() - started
-        stats = frames["cooc_stats"].row(0, named=True)
-        context.log.info(
-            f"{partition.tenant}/{partition.surface} {partition.day}: aggregated "
-            f"{events.height:,} events in {seconds:.2f}s"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "rows": sum(written["rows"].values()),
-                **{f"rows_{kind}": dg.MetadataValue.int(n) for kind, n in written["rows"].items()},
-                **{f"cooc_{k}": dg.MetadataValue.int(int(v)) for k, v in stats.items()},
-                "params": dg.MetadataValue.json(params),
-                "source_hash": marker["content_hash"],
-                "seconds": dg.MetadataValue.float(round(seconds, 3)),
-            }
-        )
-
-    return daily_aggregates
-
-
 def disabled_reason(
     config: AppConfig, entry: TenantSurface, artifact_type: str, settings: ArtifactSettings
 ) -> str | None:
@@ -330,7 +288,7 @@ def artifact_asset(
                 "days_present": dg.MetadataValue.json([d.isoformat() for d in data.days_present]),
                 "days_missing": dg.MetadataValue.json([d.isoformat() for d in data.days_missing]),
                 "days_reaggregated": len(data.days_recomputed),
-                # How each large aggregate's window sum was obtained (see artifacts.window).
+                # How each large aggregate's window sum was obtained (see aggregates.window).
                 **({"window_merge": dg.MetadataValue.json(data.merge)} if data.merge else {}),
                 "source_hash": data.source_hash,
                 **rows,

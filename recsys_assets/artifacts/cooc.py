@@ -13,18 +13,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_assets.artifacts.aggregates import Aggregate, as_coded
-from recsys_assets.artifacts.coded import Coded, Stored
+from recsys_assets.aggregates.coded import Coded, positions
+from recsys_assets.aggregates.daily import Aggregate, as_coded
 from recsys_assets.artifacts.kernels import (
     anchor_columns,
     anchor_floors,
     anchor_top,
+    csr_arrays,
     frozen,
     grouped_order,
     on_threads,
     spans,
 )
-from recsys_assets.artifacts.ranking import check_cap, codes, ids_at, nest
+from recsys_assets.artifacts.ranking import check_cap, ids_at, nest
 
 
 def cooc_payload(
@@ -42,7 +43,8 @@ def cooc_payload(
     such neighbor, at most max_items_per_artifact of them, the most exposed first (exposure
     from item_counts, ties by id), written sorted by anchor id; each keeps its
     max_neighbors_per_item neighbors by count descending, then id. `pairs` is the merged
-    cooc_pairs aggregate, coded or as a frame.
+    cooc_pairs aggregate, coded (in any order of its ids, which may include ids without an
+    entry: a window hands over its sum in the tenant's codes) or as a frame.
 
     Stats: sessions, events, excluded_sessions, excluded_events, excluded_event_ratio (the
     SPEC §6 guard: events of excluded sessions / all events, 0 without events), pairs
@@ -58,15 +60,20 @@ def cooc_payload(
         supported = supported.where(supported.matrix.data >= min_cooc_support)
     by_id = item_counts.sort("item_id")
     items = by_id["item_id"]
-    what = "cooc_pairs has ids missing from item_counts"
-    # Item codes (positions in item_counts) of the pairs' first and second ids.
-    first_item = codes(supported.rows, items, what)
-    second_item = codes(supported.columns, items, what)
-    # Every id of a canonical coded aggregate has an entry, so these are the items with a
-    # neighbor; the anchors are the most exposed of them.
+    # Item codes (positions in item_counts, -1 for none) of the pairs' first and second ids.
+    first_item = positions(supported.rows, items)
+    second_item = positions(supported.columns, items)
+    matrix = supported.matrix
+    used_rows = first_item[np.diff(matrix.indptr) > 0]
+    has_entry = np.zeros(second_item.size, dtype=bool)
+    has_entry[matrix.indices] = True  # several times faster than a sort of the entries
+    used_columns = second_item[has_entry]
+    if (used_rows < 0).any() or (used_columns < 0).any():
+        raise ValueError("cooc_pairs has ids missing from item_counts")
+    # The items with a neighbor; the anchors are the most exposed of them.
     has_neighbor = np.zeros(items.len(), dtype=bool)
-    has_neighbor[first_item] = True
-    has_neighbor[second_item] = True
+    has_neighbor[used_rows] = True
+    has_neighbor[used_columns] = True
     by_exposure = np.lexsort((np.arange(items.len()), -by_id["count"].to_numpy()))
     anchors = by_exposure[has_neighbor[by_exposure]][:max_items_per_artifact]
     anchor, neighbor, counts = _top_neighbors(
@@ -92,7 +99,7 @@ def cooc_payload(
 
 
 def _top_neighbors(
-    pairs: Coded | Stored,
+    pairs: Coded,
     first_item: np.ndarray,
     second_item: np.ndarray,
     anchors: np.ndarray,
@@ -107,16 +114,18 @@ def _top_neighbors(
     on their own, on the threads (`kernels.anchor_top`), rather than materializing tens of
     millions of (anchor, neighbor) rows.
     """
-    if pairs.has_negative():
+    if pairs.nnz and pairs.matrix.data.min() < 0:
         raise ValueError("cooc_pairs counts must be >= 0")
     # Position of each anchor in the pairs' row dictionary (-1: none), and each pairs'
-    # column's anchor slot (-1: not an anchor).
-    slot_of_item = np.full(max(first_item.max(initial=-1), second_item.max(initial=-1)) + 1, -1)
+    # column's anchor slot (-1: not an anchor). Item -1 (an id without an entry) reads the
+    # -1 appended last.
+    largest = max(first_item.max(initial=-1), second_item.max(initial=-1), anchors.max(initial=-1))
+    slot_of_item = np.full(largest + 2, -1)
     slot_of_item[anchors] = np.arange(anchors.size)
     anchor_rows = np.full(anchors.size, -1)
     in_rows = slot_of_item[first_item]
     anchor_rows[in_rows[in_rows >= 0]] = np.flatnonzero(in_rows >= 0)
-    matrix = pairs.value_arrays()  # as held: a window's sum stays in its narrow form
+    matrix = csr_arrays(pairs.matrix)
     column_slot = frozen(slot_of_item[second_item], np.int64)
     anchor_rows = frozen(anchor_rows, np.int64)
     row_sizes = np.where(anchor_rows >= 0, np.diff(matrix.indptr)[anchor_rows], 0)

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsys_assets.artifacts.aggregates import Aggregate, as_coded
+from recsys_assets.aggregates.daily import Aggregate, as_coded
 from recsys_assets.artifacts.envelope import round_scores
 from recsys_assets.artifacts.ranking import check_cap, most_active, nest_json
 

@@ -1,26 +1,23 @@
 """Compiled loops (numba) for the passes that no array library makes in one go.
 
-A window's next day sums a stored state of tens of millions of entries with a day's
-difference, and session_seq writes millions of entries as JSON. With numpy and scipy each
-such step is several passes, each leaving a temporary of the whole size; fresh memory is
-slow to touch on a virtual machine, so the temporaries cost more than the arithmetic. The
-loops here read their inputs once, in the narrow types they are stored in, and write each
-result once, where it belongs. A matrix reaches them as `coded.ValueArrays`: row pointer,
-codes, values over a scale, and the few values listed apart (a window state's form), so
-that a window's sum is never widened.
+The big artifacts rank the rows of matrices of tens of millions of entries (each row's k
+best, ties by column) and write millions of entries as JSON. With numpy each such step is
+several passes, each leaving a temporary of the whole size (a sort of every entry, a
+Python string per entry); the loops here read their inputs once and write each result once,
+where it belongs. A matrix reaches them as `CsrArrays`.
 
 They release the GIL (callers run blocks of rows on threads) and are compiled once per
 machine (`cache=True`: the machine code is kept next to this file, or in numba's cache
 folder when that is read-only). numba compiles a function again for each combination of
 argument types, in seconds, so the callers hand arrays over `frozen`: read-only, and in
-int64 where they are small; the big ones keep their own types (a few per function).
+int64 but for the column codes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -35,13 +32,22 @@ def frozen(array: np.ndarray, dtype: type) -> np.ndarray:
     return array
 
 
-def frozen_csr(matrix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A CSR matrix's (row pointer in int64, column codes, values), `frozen`; codes and
-    values keep their types."""
-    return (
+class CsrArrays(NamedTuple):
+    """A CSR matrix as the compiled loops read it: entry e of row r (indptr[r] <= e <
+    indptr[r + 1]) is in column indices[e], with value data[e]. Read-only; indptr and data
+    in int64, indices in int32 (int64 beyond 2**31 entries)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+
+def csr_arrays(matrix: Any) -> CsrArrays:
+    """A scipy CSR matrix's arrays, `frozen` (see `CsrArrays`)."""
+    return CsrArrays(
         frozen(matrix.indptr, np.int64),
         frozen(matrix.indices, matrix.indices.dtype),
-        frozen(matrix.data, matrix.data.dtype),
+        frozen(matrix.data, np.int64),
     )
 
 
@@ -59,98 +65,9 @@ def on_threads(kernel: Callable[..., Any], blocks: list[tuple[int, ...]], *argum
 
 
 @njit(nogil=True, cache=True)
-def merge_rows(
-    low,
-    high,
-    out,
-    listed,
-    state,
-    state_columns,
-    delta_indptr,
-    delta_indices,
-    delta_values,
-    row_lengths,
-    column_used,
-    out_indices,
-    out_values,
-    out_cap,
-    listed_at,
-    listed_values,
-):
-    """Rows low..high-1 of (stored state) + delta, both with sorted columns per row, written
-    from position `out` on, and their sums listed apart from position `listed` on; returns
-    (entries written, sums listed apart, whether a sum is negative, the largest sum).
-
-    Row pointers are over the sum's rows. The state is held as `coded.ValueArrays` (as
-    stored), its column codes mapped to the sum's by `state_columns`. The sum is written in
-    the same form: a value v is stored as v / the state's scale when that is a whole number
-    up to `out_cap` (its type's largest), else as `out_cap` and listed apart. Zeros are
-    left out; each row's number of entries goes to `row_lengths`, and the columns written
-    are marked in `column_used`. In that form only a state entry listed apart or a sum
-    with the delta can be listed apart: that many places are enough.
-    """
-    state_indptr, state_indices, state_values, scale, overflow_at, overflow_values = state
-    first, first_listed = out, listed
-    negative = False
-    largest = np.int64(0)
-    pending = np.searchsorted(overflow_at, state_indptr[low])
-    for row in range(low, high):
-        i, i_end = state_indptr[row], state_indptr[row + 1]
-        j, j_end = delta_indptr[row], delta_indptr[row + 1]
-        row_start = out
-        while i < i_end or j < j_end:
-            from_state = i < i_end
-            from_delta = j < j_end
-            column = 0
-            if from_state:
-                column = state_columns[state_indices[i]]
-            if from_delta:
-                other = delta_indices[j]
-                if from_state and other > column:
-                    from_delta = False
-                elif not from_state or other < column:
-                    from_state = False
-                    column = other
-            value = np.int64(0)
-            stored = np.int64(-1)  # the state entry as stored, when the sum is it
-            if from_state:
-                if pending < overflow_at.size and overflow_at[pending] == i:
-                    value = overflow_values[pending]
-                    pending += 1
-                else:
-                    stored = np.int64(state_values[i])
-                    value = stored * scale
-                i += 1
-            if from_delta:
-                value += delta_values[j]
-                stored = -1
-                j += 1
-            if value == 0:
-                continue
-            negative |= value < 0
-            largest = max(largest, value)
-            column_used[column] = True
-            out_indices[out] = column
-            if stored >= 0:
-                out_values[out] = stored  # no division for what the day left alone
-                out += 1
-                continue
-            stored = value if scale == 1 else value // scale
-            if stored > out_cap or stored * scale != value:
-                listed_at[listed] = out
-                listed_values[listed] = value
-                listed += 1
-                stored = out_cap
-            out_values[out] = stored
-            out += 1
-        row_lengths[row] = out - row_start
-    return out - first, listed - first_listed, negative, largest
-
-
-@njit(nogil=True, cache=True)
 def top_k_rows(low, high, matrix, rows, k, out_indptr, out_indices, out_values):
     """The k largest values of each of `rows` (positions low..high-1 of it) of a matrix
-    held as `coded.ValueArrays` with values >= 0, ties by smaller column, written from
+    held as `CsrArrays` with values >= 0, ties by smaller column, written from
     `out_indptr[position]` on: by value descending, then column."""
     for position in range(low, high):
         start, end, exact = _row(matrix, rows[position])
@@ -163,7 +80,7 @@ def top_k_rows(low, high, matrix, rows, k, out_indptr, out_indices, out_values):
 @njit(nogil=True, cache=True)
 def reaching_rows(low, high, matrix, rows, k, slack, floors, at, columns, found, fill):
     """The entries of `rows` (positions low..high-1 of it) of a matrix held as
-    `coded.ValueArrays` whose value is at least their row's k-th largest minus `slack`
+    `CsrArrays` whose value is at least their row's k-th largest minus `slack`
     (`ranking.reaching_of_rows`). Counting (`fill` false): each position's floor goes to
     `floors[position]`, its number of entries to `at[position + 1]`. Filling: their columns
     and values are written from `at[position]` on, in the row's order."""
@@ -190,7 +107,7 @@ def reaching_rows(low, high, matrix, rows, k, slack, floors, at, columns, found,
 def anchor_floors(low, high, anchor_rows, matrix, k, floors):
     """For anchors low..high-1 (see `anchor_top`): the k-th largest value of the anchor's
     row when it has k entries or more, else 0. Nothing below it can be one of the anchor's
-    k best, so `anchor_columns` leaves it out. The matrix is held as `coded.ValueArrays`."""
+    k best, so `anchor_columns` leaves it out. The matrix is held as `CsrArrays`."""
     for anchor in range(low, high):
         row = anchor_rows[anchor]
         size = matrix.indptr[row + 1] - matrix.indptr[row] if row >= 0 else 0
@@ -203,25 +120,21 @@ def anchor_floors(low, high, anchor_rows, matrix, k, floors):
 
 @njit(nogil=True, cache=True)
 def anchor_columns(low, high, matrix, slot, floors):
-    """The entries of rows low..high-1 of a matrix held as `coded.ValueArrays` in the
+    """The entries of rows low..high-1 of a matrix held as `CsrArrays` in the
     columns that have a `slot` (-1 for none) and a value >= the slot's floor, in row
     order: (slot, row, value) arrays.
 
     One pass over the entries, by blocks on the threads: a CSC of the whole matrix is not
     needed for a thousand columns, nor a copy of their entries that cannot rank. Few
     entries pass, so the arrays start small and grow by doubling."""
-    indptr, indices, values, scale, overflow_at, overflow_values = matrix
+    indptr, indices, values = matrix
     size = 0
     slots = np.empty(1024, dtype=np.int64)
     rows = np.empty(1024, dtype=np.int64)
     found = np.empty(1024, dtype=np.int64)
-    pending = np.searchsorted(overflow_at, indptr[low])
     for row in range(low, high):
         for entry in range(indptr[row], indptr[row + 1]):
-            value = np.int64(values[entry]) * scale
-            if pending < overflow_at.size and overflow_at[pending] == entry:
-                value = overflow_values[pending]
-                pending += 1
+            value = values[entry]
             column_slot = slot[indices[entry]]
             if column_slot < 0 or value < floors[column_slot]:
                 continue
@@ -269,7 +182,7 @@ def anchor_top(
     out_counts,
 ):
     """The k best neighbors of anchors low..high-1 of a symmetric relation stored once per
-    pair: an anchor's row in the matrix (held as `coded.ValueArrays`: its pairs as first
+    pair: an anchor's row in the matrix (held as `CsrArrays`: its pairs as first
     item; `anchor_rows` gives the row, -1 for none) and its column (as second item, from
     `anchor_columns`). By count descending, then neighbor item code; written from
     `out_indptr[anchor]` on."""
@@ -465,174 +378,7 @@ def _write_fixed(out, at, value, decimals):
 
 
 @njit(nogil=True, cache=True)
-def value_range(values):
-    """(largest, common divisor) of integers >= 0; the divisor of all zeros is 0."""
-    largest = np.int64(0)
-    divisor = np.int64(0)
-    for entry in range(values.size):
-        value = np.int64(values[entry])
-        largest = max(largest, value)
-        if divisor == 1 or (divisor and value % divisor == 0):
-            continue
-        while value:  # Euclid: divisor = gcd(divisor, value)
-            divisor, value = value, divisor % value
-    return largest, divisor
-
-
-@njit(nogil=True, cache=True)
-def count_at_least(values, first, second):
-    """How many `values` are >= `first`, and how many >= `second`."""
-    above_first = 0
-    above_second = 0
-    for entry in range(values.size):
-        above_first += values[entry] >= first
-        above_second += values[entry] >= second
-    return above_first, above_second
-
-
-@njit(nogil=True, cache=True)
-def narrowed(values, offset, scale, limit, out, overflow_at, overflow_values, listed):
-    """`values` (entries offset.. of an array) divided by `scale` into `out` (a narrower
-    type); with `limit` > 0, a quotient >= limit is stored as `limit` and the entry listed
-    apart, from position `listed` on, at its position and with its full value. Returns
-    the number listed so far."""
-    for entry in range(values.size):
-        value = np.int64(values[entry])
-        stored = value if scale == 1 else value // scale
-        if limit and stored >= limit:
-            overflow_at[listed] = offset + entry
-            overflow_values[listed] = value
-            listed += 1
-            stored = limit
-        out[entry] = stored
-    return listed
-
-
-@njit(nogil=True, cache=True)
-def stored_row_sums(matrix):
-    """The sum of each row of a matrix held as `coded.ValueArrays`."""
-    indptr, _, values, scale, overflow_at, overflow_values = matrix
-    sums = np.zeros(indptr.size - 1, dtype=np.int64)
-    for row in range(indptr.size - 1):
-        total = np.int64(0)
-        for entry in range(indptr[row], indptr[row + 1]):
-            total += values[entry]
-        sums[row] = total * scale
-    for listed in range(overflow_at.size):
-        entry = overflow_at[listed]
-        row = np.searchsorted(indptr, entry, side="right") - 1
-        sums[row] += overflow_values[listed] - np.int64(values[entry]) * scale
-    return sums
-
-
-@njit(nogil=True, cache=True)
-def exact_values(values, start, end, scale, overflow_at, overflow_values):
-    """The values of entries start..end-1 of a matrix held as `coded.ValueArrays`, in int64."""
-    out = np.empty(end - start, dtype=np.int64)
-    for entry in range(start, end):
-        out[entry - start] = np.int64(values[entry]) * scale
-    listed = np.searchsorted(overflow_at, start)
-    while listed < overflow_at.size and overflow_at[listed] < end:
-        out[overflow_at[listed] - start] = overflow_values[listed]
-        listed += 1
-    return out
-
-
-@njit(nogil=True, cache=True)
 def _row(matrix, row):
-    """(start, end, values in int64) of a row of a matrix held as `coded.ValueArrays`."""
+    """(start, end, values) of a row of a matrix held as `CsrArrays`."""
     start, end = matrix.indptr[row], matrix.indptr[row + 1]
-    values = exact_values(
-        matrix.data, start, end, matrix.scale, matrix.overflow_at, matrix.overflow_values
-    )
-    return start, end, values
-
-
-@njit(nogil=True, cache=True)
-def _text_order(data, offsets, first, second):
-    """-1, 0 or 1 as text `first` sorts before, with or after text `second`: by bytes,
-    which is code point order for UTF-8."""
-    i, i_end = offsets[first], offsets[first + 1]
-    j, j_end = offsets[second], offsets[second + 1]
-    while i < i_end and j < j_end:
-        if data[i] != data[j]:
-            return -1 if data[i] < data[j] else 1
-        i += 1
-        j += 1
-    return (i < i_end) - (j < j_end)
-
-
-@njit(nogil=True, cache=True)
-def sorted_union(data, offsets, starts):
-    """The union of runs of sorted texts: run r is texts starts[r]..starts[r+1]-1 of the
-    UTF-8 bytes `data` cut at `offsets`. Returns (each text's code in the union, the first
-    text of each code, whether every run was sorted and unique).
-
-    One merge of the runs. Texts are compared by their 8 bytes after the prefix all share
-    (a key of big-endian bytes, zeros past the end), and by the bytes only when those tie."""
-    texts = offsets.size - 1
-    runs = starts.size - 1
-    # The prefix all texts share: of each sorted run's first and last, and of the firsts.
-    shared = np.int64(1 << 62)
-    for run in range(runs):
-        if starts[run] == starts[run + 1]:
-            continue
-        for a, b in ((starts[run], starts[run + 1] - 1), (starts[0], starts[run])):
-            length = 0
-            while (
-                length < offsets[a + 1] - offsets[a]
-                and length < offsets[b + 1] - offsets[b]
-                and data[offsets[a] + length] == data[offsets[b] + length]
-            ):
-                length += 1
-            shared = min(shared, length)
-    keys = np.zeros(texts, dtype=np.uint64)
-    for text in range(texts):
-        key = np.uint64(0)
-        for byte in range(8):
-            at = offsets[text] + shared + byte
-            value = np.uint64(data[at]) if at < offsets[text + 1] else np.uint64(0)
-            key = (key << np.uint64(8)) | value
-        keys[text] = key
-    codes = np.empty(texts, dtype=np.int64)
-    first = np.empty(texts, dtype=np.int64)
-    heads = starts[:-1].copy()
-    size = 0
-    valid = True
-    while True:
-        best = -1
-        for run in range(runs):
-            head = heads[run]
-            if head == starts[run + 1]:
-                continue
-            if best < 0:
-                best = run
-                continue
-            other = heads[best]
-            if keys[head] < keys[other] or (
-                keys[head] == keys[other] and _text_order(data, offsets, head, other) < 0
-            ):
-                best = run
-        if best < 0:
-            break
-        smallest = heads[best]
-        first[size] = smallest
-        for run in range(runs):
-            head = heads[run]
-            if head == starts[run + 1]:
-                continue
-            if run != best and (
-                keys[head] != keys[smallest] or _text_order(data, offsets, head, smallest) != 0
-            ):
-                continue
-            codes[head] = size
-            if head > starts[run] and (
-                keys[head - 1] > keys[head]
-                or (
-                    keys[head - 1] == keys[head] and _text_order(data, offsets, head - 1, head) >= 0
-                )
-            ):
-                valid = False
-            heads[run] = head + 1
-        size += 1
-    return codes, first[:size], valid
+    return start, end, matrix.data[start:end]

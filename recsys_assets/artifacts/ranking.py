@@ -17,6 +17,7 @@ import polars as pl
 
 from recsys_assets.artifacts.envelope import SCORE_DECIMALS, EncodedList
 from recsys_assets.artifacts.kernels import (
+    csr_arrays,
     frozen,
     nested_json,
     on_threads,
@@ -25,25 +26,14 @@ from recsys_assets.artifacts.kernels import (
     top_k_rows,
 )
 
-if TYPE_CHECKING:  # coded imports this module
-    from recsys_assets.artifacts.coded import Coded, Stored
+if TYPE_CHECKING:
+    from recsys_assets.aggregates.coded import Coded
 
 
 def check_cap(name: str, value: object) -> None:
     """Refuse a cap or limit that is not an integer >= 1, naming its config key."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def codes(values: pl.Series, categories: pl.Series, what: str) -> np.ndarray:
-    """Position of each value in `categories` (sorted, unique ids) as int64.
-
-    Ids sort the same way as their codes, so sorting codes sorts ids.
-    """
-    try:
-        return values.cast(pl.Enum(categories)).to_physical().cast(pl.Int64).to_numpy()
-    except pl.exceptions.InvalidOperationError as exc:
-        raise ValueError(f"{what}: {exc}") from exc
 
 
 def ids_at(ids: pl.Series, positions: np.ndarray) -> list[str]:
@@ -275,18 +265,17 @@ def nest_json(
 
 
 def top_k_of_rows(
-    matrix: Coded | Stored, kept: np.ndarray, k: int
+    matrix: Coded, kept: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(position in `kept`, column, value) of the `k` largest values of each row `kept` of a
     coded matrix with values >= 0, by position, then value descending, then column.
 
     `top_k_per_row` of those rows' entries, without gathering them first: a compiled loop
-    (`kernels.top_k_rows`) ranks each row on its own, on the threads, reading the matrix in
-    the form it is held in (a window's sum stays narrow).
+    (`kernels.top_k_rows`) ranks each row on its own, on the threads.
     """
-    if matrix.has_negative():
+    if matrix.nnz and matrix.matrix.data.min() < 0:
         raise ValueError("top_k_of_rows ranks values >= 0")
-    arrays = matrix.value_arrays()
+    arrays = csr_arrays(matrix.matrix)
     lengths = np.diff(arrays.indptr)[kept]
     out_indptr = np.concatenate(([0], np.cumsum(np.minimum(lengths, k))))
     columns = np.empty(out_indptr[-1], dtype=np.int64)
@@ -298,14 +287,14 @@ def top_k_of_rows(
 
 
 def reaching_of_rows(
-    matrix: Coded | Stored, kept: np.ndarray, k: int, slack: float
+    matrix: Coded, kept: np.ndarray, k: int, slack: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(position in `kept`, column, value) of the entries of the rows `kept` of a coded
     matrix whose value is at least their row's k-th largest minus `slack`, by position then
     column: all that a top-k of the row can keep, also after a change of the values that
     moves none by more than `slack` / 2 (rounding). The rows are not gathered first
     (`kernels.reaching_rows`); values come back in int64."""
-    arrays = matrix.value_arrays()
+    arrays = csr_arrays(matrix.matrix)
     arguments = (arrays, frozen(kept, np.int64), k, float(slack))
     at = np.zeros(kept.size + 1, dtype=np.int64)
     blocks = spans(np.concatenate(([0], np.cumsum(np.diff(arrays.indptr)[kept]))), _NEST_PART)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys_assets.artifacts.aggregates import TRANSITION_UNIT, Aggregate, as_coded
-from recsys_assets.artifacts.coded import Coded, Stored, id_union
+from recsys_assets.aggregates.coded import Coded
+from recsys_assets.aggregates.daily import TRANSITION_UNIT, Aggregate, as_coded
 from recsys_assets.artifacts.envelope import (
     SCORE_DECIMALS,
     EncodedList,
@@ -81,18 +81,19 @@ def session_seq_payload(
 
 
 def _users(
-    user_transitions: Coded | Stored,
-    user_item_counts: Coded | Stored,
+    user_transitions: Coded,
+    user_item_counts: Coded,
     cap: int,
     per_user: int,
 ) -> tuple[EncodedList, dict[str, int]]:
-    # Each scored user's exposures (0 for none), through the union of the two sorted id
-    # dictionaries: a merge, where a join would hash a million ids.
-    users = [user_item_counts.rows, user_transitions.rows]
-    union, (exposed, scored) = id_union(users, "session_seq users")
-    by_code = np.zeros(union.len(), dtype=np.int64)
-    by_code[slice(None) if exposed is None else exposed] = user_item_counts.row_sums()
-    activity = by_code if scored is None else by_code[scored]
+    # Each scored user's exposures (0 for none): both id lists are sorted, so a binary
+    # search finds them, where a join would hash a million ids.
+    exposed, scored = user_item_counts.rows, user_transitions.rows
+    activity = np.zeros(scored.len(), dtype=np.int64)
+    if exposed.len():
+        at = np.minimum(exposed.search_sorted(scored).to_numpy(), exposed.len() - 1)
+        found = (exposed.gather(at) == scored).to_numpy()
+        activity[found] = user_item_counts.row_sums()[at[found]]
     # Codes follow ids, so ranking by code breaks ties by id.
     kept = most_active(activity, cap)
     user, item, count = top_k_of_rows(user_transitions, kept, per_user)
@@ -111,7 +112,7 @@ def _users(
 
 
 def _transitions(
-    item_transitions: Coded | Stored, per_item: int, cap: int
+    item_transitions: Coded, per_item: int, cap: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     kept = most_active(item_transitions.row_sums(), cap)
     # Rounding moves a score by half a step (10**-6) at most: only the entries within two

@@ -15,9 +15,9 @@ import dagster as dg
 import orjson
 import polars as pl
 
+from recsys_assets.aggregates.window import load_window
 from recsys_assets.artifacts.assets import artifact_window, disabled_reasons
 from recsys_assets.artifacts.staging import ArtifactStore
-from recsys_assets.artifacts.window import load_window
 from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface
 from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore

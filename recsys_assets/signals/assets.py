@@ -7,9 +7,9 @@ import dagster as dg
 import polars as pl
 
 from recsys_assets import postgres as db
-from recsys_assets.artifacts.aggregate_store import read_aggregates
+from recsys_assets.aggregates.store import read_aggregates
+from recsys_assets.aggregates.window import WindowData
 from recsys_assets.artifacts.assets import AGGREGATES, CATALOG, SPECS
-from recsys_assets.artifacts.window import WindowData
 from recsys_assets.config import AppConfig
 from recsys_assets.events.canonical import Partition
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady

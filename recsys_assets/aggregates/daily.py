@@ -3,8 +3,9 @@
 Each kind is computed once per (UTC day, tenant, surface) by `daily_aggregates`, stored under
 `aggregates/<kind>/YYYY-MM-DD.parquet`, and summed over the days of an artifact window by
 `merge_aggregates`. item_counts and cooc_stats are frames; the four pair kinds are `Coded`
-(integer codes over sorted id dictionaries, see `coded`), whose frame form (`as_frame`) has
-the columns below, sorted by its key columns, which are unique.
+(a sparse matrix over sorted id dictionaries, see `coded`), whose frame form (`as_frame`)
+has the columns below, sorted by its key columns, which are unique. This module is pure: it
+knows neither storage nor the tenant's id space (`store` puts a day into it).
 
 Kinds (key columns first, then the summed value):
 - item_counts: item_id, count. Exposures of the item.
@@ -48,15 +49,14 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recsys_assets.artifacts.coded import (
+from recsys_assets.aggregates.coded import (
     Coded,
-    Stored,
     coded_from_codes,
     coded_from_ids,
-    combine,
+    codes,
     empty_coded,
+    in_id_order,
 )
-from recsys_assets.artifacts.ranking import codes
 from recsys_assets.events.canonical import EVENT_SCHEMA
 
 AGGREGATE_KINDS = (
@@ -85,8 +85,7 @@ AGGREGATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
 }
 PAIR_KINDS = ("cooc_pairs", "user_item_counts", "user_transitions", "item_transitions")
-# A window's sum of a pair kind may come as a Stored (its narrow form, see `coded.updated`).
-Aggregate = pl.DataFrame | Coded | Stored
+Aggregate = pl.DataFrame | Coded
 AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
     "item_counts": ("item_id",),
     "cooc_pairs": ("item_id", "neighbor_id"),
@@ -114,7 +113,7 @@ def as_frame(kind: str, aggregate: Aggregate) -> pl.DataFrame:
     if isinstance(aggregate, pl.DataFrame):
         return aggregate
     schema = _pair_schema(kind)
-    coded = aggregate
+    coded = in_id_order(aggregate.matrix, aggregate.rows, aggregate.columns)  # any order in
     names = list(schema)
     return pl.DataFrame(
         {
@@ -126,10 +125,10 @@ def as_frame(kind: str, aggregate: Aggregate) -> pl.DataFrame:
     )
 
 
-def as_coded(kind: str, aggregate: Aggregate) -> Coded | Stored:
-    """A pair aggregate in coded form, from either form (a Stored is one)."""
+def as_coded(kind: str, aggregate: Aggregate) -> Coded:
+    """A pair aggregate in coded form, from either form."""
     schema = _pair_schema(kind)
-    if isinstance(aggregate, Coded | Stored):
+    if isinstance(aggregate, Coded):
         return aggregate
     if dict(aggregate.schema) != schema:
         raise ValueError(f"{kind} frame has columns {dict(aggregate.schema)}, expected {schema}")
@@ -200,7 +199,13 @@ def merge_aggregates(kind: str, aggregates: Sequence[Aggregate]) -> Aggregate:
     Pair kinds (frames or coded) give a `Coded`; item_counts and cooc_stats a frame.
     """
     if kind in PAIR_KINDS:
-        return combine([(as_coded(kind, aggregate), 1) for aggregate in aggregates], kind)
+        frames = [as_frame(kind, as_coded(kind, aggregate)) for aggregate in aggregates]
+        present = [frame for frame in frames if frame.height]
+        if not present:
+            return empty_coded()
+        first, second, value = AGGREGATE_SCHEMAS[kind]
+        summed = pl.concat(present).group_by(first, second).agg(pl.col(value).sum())
+        return coded_from_ids(summed[first], summed[second], summed[value].to_numpy(), kind)
     schema = _schema(kind)
     for index, frame in enumerate(aggregates):
         if not isinstance(frame, pl.DataFrame) or dict(frame.schema) != schema:
