@@ -30,6 +30,7 @@ whatever order they were aggregated in.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import threading
@@ -60,6 +61,7 @@ class IdIndex:
     # What has been read so far: the ids in code order, and the chain hash after each segment.
     _ids: pl.Series = field(default_factory=lambda: pl.Series("id", [], dtype=pl.String))
     _chain: list[str] = field(default_factory=lambda: [_GENESIS])
+    _ends: list[int] = field(default_factory=lambda: [0])  # ids after each segment
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sorted: tuple[pl.Series, np.ndarray] | None = None  # the ids sorted, and their codes
 
@@ -88,6 +90,15 @@ class IdIndex:
         """(segments, chain hash) of the index as read: what an aggregate records."""
         with self._lock:
             return len(self._chain) - 1, self._chain[-1]
+
+    def covering(self, codes: int) -> tuple[int, str]:
+        """The position of the fewest segments that hold codes 0..codes-1: what a day
+        coded with them records, the same whatever was appended since."""
+        with self._lock:
+            if codes > self._ends[-1]:
+                raise ValueError(f"{self.folder}: code {codes - 1} is not in the index")
+            segments = bisect.bisect_left(self._ends, codes)
+            return segments, self._chain[segments]
 
     def snapshot(self) -> tuple[pl.Series, tuple[int, str]]:
         """The ids and the position, read together: what one window load works with while
@@ -154,6 +165,7 @@ class IdIndex:
 
     def _append(self, data: bytes, ids: pl.Series) -> None:
         self._ids = pl.concat([self._ids, ids.rename("id")], rechunk=False)
+        self._ends.append(self._ids.len())
         self._sorted = None
         digest = hashlib.sha256(self._chain[-1].encode() + hashlib.sha256(data).digest())
         self._chain.append(digest.hexdigest())

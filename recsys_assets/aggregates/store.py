@@ -82,6 +82,11 @@ class Encoded:
     ids: dict[str, pl.Series]  # space -> the days' ids, sorted
     codes_of_ids: dict[str, np.ndarray]  # space -> their codes
 
+    def size(self, space: str) -> int:
+        """How many codes the days' ids in `space` need: their largest + 1."""
+        codes = self.codes_of_ids[space]
+        return int(codes.max()) + 1 if codes.size else 0
+
     def codes(self, space: str, ids: pl.Series) -> np.ndarray:
         """The codes of `ids` (a subset of the days' ids in `space`)."""
         at = positions(ids, self.ids[space])
@@ -158,7 +163,9 @@ def write_aggregates(
         "params": params,
         "content_hashes": hashes,
         "rows": rows,
-        "ids": {space: list(index.position()) for space, index in sorted(spaces.items())},
+        "ids": {
+            space: list(spaces[space].covering(encoded.size(space))) for space in sorted(spaces)
+        },
     }
     store.write_bytes(
         marker_key(partition, "aggregates"), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
