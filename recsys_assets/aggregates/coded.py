@@ -12,13 +12,14 @@ On storage and in window sums the same values are kept in the tenant's id space 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from numba import njit
+
+from recsys_assets.compiled import frozen, on_threads, spans
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,7 @@ def in_id_order(matrix: sp.csr_matrix, row_ids: pl.Series, column_ids: pl.Series
         raise ValueError("a pair value is negative: a day was taken out of a sum without it")
     n_rows, n_columns = matrix.shape
     present_rows = np.flatnonzero(np.diff(matrix.indptr))
-    present_columns = np.zeros(n_columns, dtype=bool)
-    present_columns[matrix.indices] = True  # several times faster than a bincount
-    present_columns = np.flatnonzero(present_columns)
+    present_columns = np.flatnonzero(columns_with_entries(matrix))
     rows = row_ids.gather(present_rows)
     columns = column_ids.gather(present_columns)
     row_order = rows.arg_sort().to_numpy()
@@ -172,17 +171,13 @@ def reordered(
     index_dtype = np.int32 if max(n_columns, int(indptr[-1])) < 2**31 else np.int64
     indices = np.empty(int(indptr[-1]), dtype=index_dtype)
     data = np.empty(int(indptr[-1]), dtype=np.int64)
-    blocks = _row_blocks(indptr)
     source = (
-        _frozen(matrix.indptr, np.int64),
-        _frozen(matrix.indices, matrix.indices.dtype),
-        _frozen(matrix.data, np.int64),
+        frozen(matrix.indptr, np.int64),
+        frozen(matrix.indices, matrix.indices.dtype),
+        frozen(matrix.data, np.int64),
     )
-    arguments = (*source, _frozen(row_source, np.int64), _frozen(column_rank, np.int64))
-    with ThreadPoolExecutor(max_workers=max(1, pl.thread_pool_size())) as pool:
-        list(
-            pool.map(lambda block: _reorder_rows(*block, *arguments, indptr, indices, data), blocks)
-        )
+    arguments = (*source, frozen(row_source, np.int64), frozen(column_rank, np.int64))
+    on_threads(_reorder_rows, spans(indptr, 1 << 21), *arguments, indptr, indices, data)
     return csr(data, indices, indptr, n_columns)
 
 
@@ -206,18 +201,18 @@ def _reorder_rows(low, high, indptr, indices, data, row_source, column_rank, out
             out[at : at + end - start] = out[at : at + end - start][order]
 
 
-def _row_blocks(indptr: np.ndarray, entries: int = 1 << 21) -> list[tuple[int, int]]:
-    """Ranges of rows of about `entries` entries each (rows whole)."""
-    starts = np.searchsorted(indptr, np.arange(0, int(indptr[-1]), entries), side="right") - 1
-    bounds = np.unique(np.r_[0, starts, indptr.size - 1]).tolist()
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def columns_with_entries(matrix: sp.csr_matrix) -> np.ndarray:
+    """Whether each column has an entry (a mask)."""
+    present = np.zeros(matrix.shape[1], dtype=bool)
+    present[matrix.indices] = True  # several times faster than a bincount or a unique
+    return present
 
 
-def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
-    """Read-only, in `dtype`: one array type per argument, so numba compiles once."""
-    array = np.ascontiguousarray(array, dtype=dtype).view()
-    array.flags.writeable = False
-    return array
+def grown(matrix: sp.csr_matrix, n_rows: int, n_columns: int) -> sp.csr_matrix:
+    """The matrix with empty rows and columns added up to the shape (the id spaces only
+    grow: codes added since have no entry); its data and indices are shared, not copied."""
+    indptr = np.concatenate([matrix.indptr, np.full(n_rows - matrix.shape[0], matrix.indptr[-1])])
+    return csr(matrix.data, matrix.indices, indptr, n_columns)
 
 
 def _increasing(codes_: np.ndarray) -> bool:

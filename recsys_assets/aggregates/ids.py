@@ -86,11 +86,6 @@ class IdIndex:
                 self._refresh()
             return self._chain[segments] if segments < len(self._chain) else None
 
-    def position(self) -> tuple[int, str]:
-        """(segments, chain hash) of the index as read: what an aggregate records."""
-        with self._lock:
-            return len(self._chain) - 1, self._chain[-1]
-
     def covering(self, codes: int) -> tuple[int, str]:
         """The position of the fewest segments that hold codes 0..codes-1: what a day
         coded with them records, the same whatever was appended since."""

@@ -22,7 +22,7 @@ import orjson
 import polars as pl
 import scipy.sparse as sp
 
-from recsys_assets.aggregates.coded import Coded, csr, in_id_order, positions, reordered
+from recsys_assets.aggregates.coded import Coded, csr, grown, in_id_order, positions, reordered
 from recsys_assets.aggregates.daily import PAIR_KINDS, Aggregate
 from recsys_assets.aggregates.ids import IdIndex, id_index
 from recsys_assets.events.canonical import Partition, parquet_bytes, sha256_hex
@@ -61,11 +61,7 @@ def in_id_space(
     column_map = encoded.codes(column_space, coded.columns)
     n_rows, n_columns = (spaces[name].ids().len() for name in PAIR_SPACES[kind])
     if _is_identity(row_map) and _is_identity(column_map):  # e.g. a tenant's first day
-        matrix = coded.matrix
-        indptr = np.concatenate(
-            [matrix.indptr, np.full(n_rows - matrix.shape[0], matrix.indptr[-1])]
-        )
-        return csr(matrix.data, matrix.indices, indptr, n_columns)  # the arrays shared
+        return grown(coded.matrix, n_rows, n_columns)
     row_source = np.full(n_rows, -1, dtype=np.int64)
     row_source[row_map] = np.arange(row_map.size)
     return reordered(coded.matrix, row_source, column_map, n_columns)

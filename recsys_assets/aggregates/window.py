@@ -42,7 +42,7 @@ import polars as pl
 import scipy.sparse as sp
 import xxhash
 
-from recsys_assets.aggregates.coded import Coded, in_id_order
+from recsys_assets.aggregates.coded import Coded, grown, in_id_order
 from recsys_assets.aggregates.daily import (
     EVENT_COLUMNS,
     PAIR_KINDS,
@@ -258,17 +258,17 @@ def _sum(matrices: list[sp.csr_matrix], shape: tuple[int, int]) -> sp.csr_matrix
     return matrices[0]
 
 
-def _pool(role: str) -> ThreadPoolExecutor:
+def _writer() -> ThreadPoolExecutor:
     """The process's writer of window states: one thread, so states are written in the
     order their sums were made."""
-    return _pools(role, os.getpid())
+    return _writers(os.getpid())
 
 
 @functools.cache
-def _pools(role: str, pid: int) -> ThreadPoolExecutor:
+def _writers(pid: int) -> ThreadPoolExecutor:
     # One per process id: a forked child must not inherit a pool whose thread stayed in the
     # parent.
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-{role}-{pid}")
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-write-{pid}")
 
 
 @dataclass(frozen=True)
@@ -361,7 +361,7 @@ class _WindowStates:
 
     def _save(self, day: dt.date, days: dict[str, str], total: sp.csr_matrix) -> None:
         """Write the state in the background (see `_pool`)."""
-        self.saving.append(_pool("write").submit(self._write, day, days, total))
+        self.saving.append(_writer().submit(self._write, day, days, total))
 
     def _write(self, day: dt.date, days: dict[str, str], total: sp.csr_matrix) -> None:
         """Write the state for `day` (data, then marker), then delete older ones.
@@ -446,9 +446,5 @@ def read_matrix(
     rows, columns = marker["shape"]
     if arrays["indptr"].size != rows + 1 or rows > shape[0] or columns > shape[1]:
         return None
-    indptr = arrays["indptr"]
-    if rows < shape[0]:  # rows for the codes added since: empty
-        indptr = np.concatenate([indptr, np.full(shape[0] - rows, indptr[-1])])
-    matrix = sp.csr_matrix((arrays["data"], arrays["indices"], indptr), shape=shape)
-    matrix.has_canonical_format = True
-    return matrix
+    stored = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), (rows, columns))
+    return grown(stored, *shape)

@@ -13,19 +13,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_assets.aggregates.coded import Coded, positions
+from recsys_assets.aggregates.coded import Coded, columns_with_entries, positions
 from recsys_assets.aggregates.daily import Aggregate, as_coded
 from recsys_assets.artifacts.kernels import (
     anchor_columns,
     anchor_floors,
     anchor_top,
     csr_arrays,
-    frozen,
     grouped_order,
-    on_threads,
-    spans,
 )
 from recsys_assets.artifacts.ranking import check_cap, ids_at, nest
+from recsys_assets.compiled import frozen, on_threads, spans
 
 
 def cooc_payload(
@@ -65,9 +63,7 @@ def cooc_payload(
     second_item = positions(supported.columns, items)
     matrix = supported.matrix
     used_rows = first_item[np.diff(matrix.indptr) > 0]
-    has_entry = np.zeros(second_item.size, dtype=bool)
-    has_entry[matrix.indices] = True  # several times faster than a sort of the entries
-    used_columns = second_item[has_entry]
+    used_columns = second_item[columns_with_entries(matrix)]
     if (used_rows < 0).any() or (used_columns < 0).any():
         raise ValueError("cooc_pairs has ids missing from item_counts")
     # The items with a neighbor; the anchors are the most exposed of them.

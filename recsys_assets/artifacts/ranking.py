@@ -18,13 +18,11 @@ import polars as pl
 from recsys_assets.artifacts.envelope import SCORE_DECIMALS, EncodedList
 from recsys_assets.artifacts.kernels import (
     csr_arrays,
-    frozen,
     nested_json,
-    on_threads,
     reaching_rows,
-    spans,
     top_k_rows,
 )
+from recsys_assets.compiled import frozen, on_threads, spans
 
 if TYPE_CHECKING:
     from recsys_assets.aggregates.coded import Coded

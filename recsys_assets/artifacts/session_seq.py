@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_assets.aggregates.coded import Coded
+from recsys_assets.aggregates.coded import Coded, positions
 from recsys_assets.aggregates.daily import TRANSITION_UNIT, Aggregate, as_coded
 from recsys_assets.artifacts.envelope import (
     SCORE_DECIMALS,
@@ -88,12 +88,9 @@ def _users(
 ) -> tuple[EncodedList, dict[str, int]]:
     # Each scored user's exposures (0 for none): both id lists are sorted, so a binary
     # search finds them, where a join would hash a million ids.
-    exposed, scored = user_item_counts.rows, user_transitions.rows
-    activity = np.zeros(scored.len(), dtype=np.int64)
-    if exposed.len():
-        at = np.minimum(exposed.search_sorted(scored).to_numpy(), exposed.len() - 1)
-        found = (exposed.gather(at) == scored).to_numpy()
-        activity[found] = user_item_counts.row_sums()[at[found]]
+    at = positions(user_transitions.rows, user_item_counts.rows)
+    activity = np.zeros(at.size, dtype=np.int64)
+    activity[at >= 0] = user_item_counts.row_sums()[at[at >= 0]]
     # Codes follow ids, so ranking by code breaks ties by id.
     kept = most_active(activity, cap)
     user, item, count = top_k_of_rows(user_transitions, kept, per_user)
