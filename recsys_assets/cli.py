@@ -47,6 +47,7 @@ STEP_COMMANDS = {
     "db-signals": (("db_signals_job",), "write each day's popularity/co-occurrence signals to db"),
 }
 REGISTRY_COMMANDS = ("rollback", "unpin", "status")
+CONFIG_HELP = "config JSON (default: $RECSYS_CONFIG or configs/env/local.json)"
 CATALOG_HELP = "parse each tenant/surface's item catalog and write item_tags (when db is set)"
 
 
@@ -91,18 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("version", help="print the version")
     cmd = sub.add_parser("catalog", help=CATALOG_HELP, description=CATALOG_HELP)
-    cmd.add_argument("--config", help="config JSON")
-    cmd.add_argument("--tenant")
-    cmd.add_argument("--surface")
+    cmd.add_argument("--config", help=CONFIG_HELP)
+    cmd.add_argument("--tenant", help="tenant (default: every configured tenant)")
+    cmd.add_argument("--surface", help="surface (default: every surface of the tenant)")
     _verbose_flag(cmd)
     for name in REGISTRY_COMMANDS:
         cmd = sub.add_parser(name, help=REGISTRY_HELP[name], description=REGISTRY_HELP[name])
-        cmd.add_argument("--config", help="config JSON")
-        cmd.add_argument("--tenant", required=name != "status")
-        cmd.add_argument("--surface", required=name != "status")
+        cmd.add_argument("--config", help=CONFIG_HELP)
+        scope = " (default: every configured one)" if name == "status" else ""
+        cmd.add_argument("--tenant", required=name != "status", help=f"tenant{scope}")
+        cmd.add_argument("--surface", required=name != "status", help=f"surface{scope}")
         if name == "status":
             continue
-        cmd.add_argument("--type", required=True, choices=ARTIFACT_TYPES, dest="artifact_type")
+        cmd.add_argument(
+            "--type",
+            required=True,
+            choices=ARTIFACT_TYPES,
+            dest="artifact_type",
+            help="the artifact type whose current pointer moves",
+        )
         cmd.add_argument("--reason", default="", help="why (kept in the audit log)")
         cmd.add_argument("--actor", default=None, help="who (default: user@host)")
         if name == "rollback":
@@ -115,9 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     for name, (_, help_text) in STEP_COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument(
-            "--config", help="config JSON (default: $RECSYS_CONFIG or configs/env/local.json)"
-        )
+        cmd.add_argument("--config", help=CONFIG_HELP)
         cmd.add_argument("--tenant", help="tenant (default: every configured tenant)")
         cmd.add_argument("--surface", help="surface (default: every surface of the tenant)")
         cmd.add_argument("--start", type=_day, help="first day, YYYY-MM-DD")

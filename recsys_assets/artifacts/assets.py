@@ -34,12 +34,14 @@ from recsys_assets.config import (
     TenantSurface,
 )
 from recsys_assets.events.store import CanonicalStore
+from recsys_assets.metadata import rows_preview
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
 from recsys_assets.publish import collapse
 from recsys_assets.publish.collapse import ROW_LISTS
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.rollback import default_actor
 from recsys_assets.quality.live import difference_from_live, live_blob, live_versions
+from recsys_assets.runbooks import with_runbook
 
 CATALOG = dg.AssetKey("item_catalog")
 
@@ -260,6 +262,9 @@ def artifact_asset(
             _now(),
         )
         staged = artifact_store.stage(window, document)
+        preview = "\n\n".join(
+            f"**{name}**\n\n{rows_preview(payload[name])}" for name in ROW_LISTS[spec.artifact_type]
+        )
         del document, payload
         # What would change for the online service (non-blocking): see quality.evaluate.
         difference = difference_from_live(
@@ -292,6 +297,7 @@ def artifact_asset(
                 **({"window_merge": dg.MetadataValue.json(data.merge)} if data.merge else {}),
                 "source_hash": data.source_hash,
                 **rows,
+                "preview": dg.MetadataValue.md(preview),
                 **{f"live_difference.{k}": v for k, v in difference.items()},
                 **{k: v for k, v in stats.items() if isinstance(v, int | float | str)},
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
@@ -328,7 +334,13 @@ def artifact_checks(
     key = dg.AssetKey(spec.artifact_type)
     names = check_names(spec.artifact_type)
     specs = [
-        dg.AssetCheckSpec(n, asset=key, description=d, blocking=True, partitions_def=partitions_def)
+        dg.AssetCheckSpec(
+            n,
+            asset=key,
+            description=with_runbook(d, n),
+            blocking=True,
+            partitions_def=partitions_def,
+        )
         for n, d in names.items()
     ]
 
@@ -396,7 +408,7 @@ def artifact_checks(
                 asset_key=key,
                 check_name=name,
                 passed=passed,
-                description=message,
+                description=message if passed else with_runbook(message, name),
                 metadata=metadata,
             )
 

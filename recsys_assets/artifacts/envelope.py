@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -219,6 +220,26 @@ class EncodedList(Sequence):
         if self._items is None:
             self._items = orjson.loads(self.data)
         return self._items
+
+    def head(self, n: int) -> list[Any]:
+        """The first `n` objects, parsed from the start of the bytes only (a preview)."""
+        if self._items is not None or n >= self._length:
+            return self.items()[:n]
+        decoder = json.JSONDecoder()
+        size = 1 << 14
+        while True:
+            prefix = bytes(self.parts[0][:size]).decode("utf-8", errors="ignore")
+            found, index = [], 1
+            try:
+                while len(found) < n:
+                    value, index = decoder.raw_decode(prefix, index)
+                    found.append(value)
+                    index += 1  # the comma
+                return found
+            except ValueError:
+                if size >= len(self.parts[0]):
+                    return self.items()[:n]
+                size *= 4
 
 
 def canonical_bytes(document: Any) -> bytes:

@@ -11,7 +11,9 @@ from recsys_assets.events import canonical as canon
 from recsys_assets.events.checks import CANONICAL_CHECKS, canonical_guards
 from recsys_assets.events.sources import RawEventSource
 from recsys_assets.events.store import CanonicalStore, exposures_key, rejects_key
+from recsys_assets.metadata import PREVIEW_ROWS, markdown_table
 from recsys_assets.partitions import parse_partition_key
+from recsys_assets.runbooks import with_runbook
 
 CANONICAL = dg.AssetKey("canonical_exposures")
 
@@ -77,6 +79,11 @@ def canonical_asset(
             metadata={
                 **{k: dg.MetadataValue.int(v) for k, v in result.counts.items()},
                 "rejects_by_reason": dg.MetadataValue.json(result.rejects_by_reason),
+                **{
+                    f"rejects.{r}": dg.MetadataValue.int(n)
+                    for r, n in result.rejects_by_reason.items()
+                },
+                "preview": dg.MetadataValue.md(_preview(result)),
                 "content_hash": marker["content_hash"],
                 "path": dg.MetadataValue.path(canonical_store.uri(exposures_key(partition))),
                 "rejects_path": dg.MetadataValue.path(canonical_store.uri(rejects_key(partition))),
@@ -90,13 +97,34 @@ def canonical_asset(
     return canonical_exposures
 
 
+def _preview(result: canon.CanonicalPartition) -> str:
+    """The day's most exposed items and its rejects by reason, as the asset page shows them."""
+    top = (
+        result.events.group_by("item_id")
+        .agg(pl.len().alias("exposures"), pl.col("user_id").drop_nulls().n_unique().alias("users"))
+        .sort(["exposures", "item_id"], descending=[True, False])
+        .head(PREVIEW_ROWS)
+    )
+    text = "**most exposed items**\n\n" + markdown_table(
+        ["item_id", "exposures", "users"], top.rows()
+    )
+    if result.rejects_by_reason:
+        rejects = sorted(result.rejects_by_reason.items(), key=lambda r: (-r[1], r[0]))
+        text += "\n\n**rejects by reason**\n\n" + markdown_table(["reason", "lines"], rejects)
+    return text
+
+
 def canonical_checks(
     config: AppConfig, partitions_def: dg.PartitionsDefinition
 ) -> dg.AssetChecksDefinition:
     """The blocking guards of SPEC §6, evaluated per partition from the marker and the events."""
     specs = [
         dg.AssetCheckSpec(
-            name, asset=CANONICAL, description=text, blocking=True, partitions_def=partitions_def
+            name,
+            asset=CANONICAL,
+            description=with_runbook(text, name),
+            blocking=True,
+            partitions_def=partitions_def,
         )
         for name, text in CANONICAL_CHECKS.items()
     ]
@@ -119,7 +147,9 @@ def canonical_checks(
                 asset_key=CANONICAL,
                 check_name=guard.name,
                 passed=guard.passed,
-                description=guard.message,
+                description=(
+                    guard.message if guard.passed else with_runbook(guard.message, guard.name)
+                ),
                 metadata=guard.metadata,
             )
 

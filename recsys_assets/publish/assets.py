@@ -18,12 +18,14 @@ from recsys_assets.artifacts.envelope import window_json
 from recsys_assets.artifacts.staging import ArtifactStore
 from recsys_assets.artifacts.validate import check_blob
 from recsys_assets.config import ARTIFACT_TYPES, AppConfig
+from recsys_assets.metadata import markdown_table
 from recsys_assets.partitions import parse_partition_key
 from recsys_assets.publish import protocol
 from recsys_assets.publish.errors import PublishError
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.status import status
 from recsys_assets.quality.assets import QUALITY, quality_check_keys
+from recsys_assets.runbooks import with_runbook
 
 PUBLISH = dg.AssetKey("publish")
 FRESHNESS = dg.AssetKey("manifest_freshness")
@@ -238,8 +240,11 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         failed = failed_checks(context.instance, config, context.partition_key)
         if failed:
             raise dg.Failure(
-                description="publish refused, current manifest unchanged: blocking checks "
-                f"failed: {', '.join(failed)}"
+                description=with_runbook(
+                    "publish refused, current manifest unchanged: blocking checks "
+                    f"failed: {', '.join(failed)}",
+                    "publish",
+                )
             )
         object_store, registry = publish_targets.stores()
         started = time.perf_counter()
@@ -291,7 +296,10 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 failures.append(f"{artifact_type}: {exc}")
         if failures:  # all or nothing: "current" moves only when every type is good
             raise dg.Failure(
-                description="publish failed, current manifest unchanged: " + "; ".join(failures),
+                description=with_runbook(
+                    "publish failed, current manifest unchanged: " + "; ".join(failures),
+                    "publish",
+                ),
                 metadata={"failures": dg.MetadataValue.json(failures)},
             )
         manifest = None
@@ -301,7 +309,9 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                     registry, prepared, now=now, cas_retries=config.publish.cas_retries
                 )
             except PublishError as exc:
-                raise dg.Failure(description=f"manifest swap failed: {exc}") from exc
+                raise dg.Failure(
+                    description=with_runbook(f"manifest swap failed: {exc}", "publish")
+                ) from exc
             for item in prepared:
                 action = actions[item.artifact_type]
                 outcomes[item.artifact_type] = {"action": action, "version": item.version}
@@ -311,6 +321,21 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         return dg.MaterializeResult(
             metadata={
                 "outcomes": dg.MetadataValue.json(outcomes),
+                "preview": dg.MetadataValue.md(
+                    markdown_table(
+                        ["type", "action", "version", "before"],
+                        [
+                            [
+                                t,
+                                o["action"],
+                                o.get("version", o.get("reason", "")),
+                                _blob_version((before or {}).get("current", {}).get(t, "")),
+                            ]
+                            for t, o in outcomes.items()
+                        ],
+                    )
+                ),
+                "published": sum(o["action"] == "published" for o in outcomes.values()),
                 "manifest_before": dg.MetadataValue.json(before or {}),
                 "manifest": dg.MetadataValue.json(manifest or before or {}),
                 "live_difference": dg.MetadataValue.json(
@@ -326,11 +351,18 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
     return publish
 
 
+def _blob_version(uri: str) -> str:
+    """The version a manifest's blob URI names (its file name), or "" for none."""
+    return uri.rsplit("/", 1)[-1].removesuffix(".json")
+
+
 def freshness_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinition):
     spec = dg.AssetCheckSpec(
         "fresh",
         asset=FRESHNESS,
-        description="every current pointer's window ended within publish.freshness_hours",
+        description=with_runbook(
+            "every current pointer's window ended within publish.freshness_hours", "fresh"
+        ),
         partitions_def=tenant_partitions,
     )
 
@@ -371,12 +403,21 @@ def freshness_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinitio
             else ("nothing published yet" if not rows else "all current windows are fresh")
         )
         return dg.MaterializeResult(
-            metadata={"current": dg.MetadataValue.json(table)},
+            metadata={
+                "current": dg.MetadataValue.json(table),
+                "preview": dg.MetadataValue.md(
+                    markdown_table(
+                        ["type", "version", "window_end", "age_hours", "pinned", "stale"],
+                        [[t, *row.values()] for t, row in table.items()],
+                    )
+                ),
+                "stale_types": len(stale),
+            },
             check_results=[
                 dg.AssetCheckResult(
                     check_name="fresh",
                     passed=bool(rows) and not stale,
-                    description=message,
+                    description=message if rows and not stale else with_runbook(message, "fresh"),
                     metadata={"stale_types": len(stale)},
                 )
             ],

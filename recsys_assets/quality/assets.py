@@ -21,10 +21,12 @@ from recsys_assets.artifacts.staging import ArtifactStore
 from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface
 from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore
+from recsys_assets.metadata import markdown_table
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.quality import evaluate as ev
 from recsys_assets.quality.live import live_blob, live_versions, seen_by_live
+from recsys_assets.runbooks import with_runbook
 
 QUALITY = dg.AssetKey("artifact_quality")
 CHECKS = {
@@ -185,7 +187,7 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         dg.AssetCheckSpec(
             name,
             asset=QUALITY,
-            description=f"{t}: {CHECKS[name.removeprefix(f'{t}_')]}",
+            description=with_runbook(f"{t}: {CHECKS[name.removeprefix(f'{t}_')]}", name),
             blocking=True,
             partitions_def=partitions_def,
         )
@@ -316,6 +318,18 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
             for task, m in tasks.items()
             for metric, value in m.as_dict().items()
         }
+        table = [
+            [name, task, *m.as_dict().values()]
+            for name, tasks in scores["candidate"].items()
+            for task, m in tasks.items()
+        ]
+        metrics = next(
+            (list(m.as_dict()) for tasks in scores["candidate"].values() for m in tasks.values()),
+            [],
+        )
+        metadata["preview"] = dg.MetadataValue.md(
+            markdown_table(["artifact", "task", *metrics], table) if table else "(no scores)"
+        )
         context.log.info(
             f"artifact_quality {partition}: {len(versions)} artifacts of {previous} on "
             f"{next_cases.height:,} next-item cases in {seconds:.2f}s"
@@ -346,7 +360,9 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
             yield dg.AssetCheckResult(
                 check_name=spec.name,
                 passed=verdict.passed,
-                description=verdict.message,
+                description=verdict.message
+                if verdict.passed
+                else with_runbook(verdict.message, spec.name),
                 metadata=verdict.metadata,
             )
 
