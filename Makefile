@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: demo test smoke lint dev bench clean redis-server broker workers
+.PHONY: demo test smoke lint dev bench clean redis-server chromium broker workers docs docs-serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +38,17 @@ redis-server:
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 		|| echo "redis-server could not be installed with apt-get; the distributed test will skip"
 
-test: $(WARM) $(DAGSTER_HOME)/dagster.yaml redis-server
+# Debian's chromium, the headless browser of recsys_assets_tests/test_browser.py (driven by
+# Playwright, which cannot download its own browser here): installed like redis-server.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed with apt-get; the browser test will skip"
+
+test: $(WARM) $(DAGSTER_HOME)/dagster.yaml redis-server chromium
 	$(VENV)/bin/ruff check recsys_assets recsys_assets_tests benchmarks testdata
 	$(VENV)/bin/ruff format --check recsys_assets recsys_assets_tests benchmarks testdata
+	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory smoke
 	$(VENV)/bin/pytest -q
 
@@ -55,6 +63,17 @@ smoke: $(WARM) $(DAGSTER_HOME)/dagster.yaml
 	diff $(VENV)/smoke-1.sha256 $(VENV)/smoke-2.sha256 \
 		|| (echo "smoke: the second demo run changed the files above"; exit 1)
 	@echo "smoke: the demo ran twice; $$(wc -l < $(VENV)/smoke-2.sha256) files under .out/ unchanged"
+
+# The docs site (mkdocs.yml, docs/): a broken link, a missing page or a reference page that no
+# longer generates fails the build. `make docs-serve` serves it on http://127.0.0.1:8000.
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs: built .site/ ($$(find .site -name '*.html' | wc -l) pages)"
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -m recsys_assets

@@ -514,6 +514,7 @@ def registry_command(args: argparse.Namespace) -> int:
                 actor=actor,
                 reason=args.reason,
                 now=now,
+                cas_retries=config.publish.cas_retries,
             )
             print(f"{entry.tenant}/{entry.surface} {args.artifact_type}: unpinned")
     except (PublishError, ValueError) as exc:

@@ -373,7 +373,11 @@ def layout_entries() -> list[tuple[str, str, str]]:
         ),
         (reg, "current/<t>/<s>/.manifest.json.lock", "local registry only: the swap's lock file"),
         (reg, registry.pins_key("<t>", "<s>"), "pinned versions per type"),
-        (reg, registry.audit_key("<t>", "<s>"), "audit log: publishes, rollbacks, pins, forces"),
+        (
+            reg,
+            registry.audit_key("<t>", "<s>"),
+            "audit log: rollbacks, unpins, collapses let through",
+        ),
         ("checkpoint_dir", "<t>/<s>.json", "`--incremental`: the last successful day"),
     ]
     return [(loc, key.replace(str(_DAY), "YYYY-MM-DD"), what) for loc, key, what in entries]

@@ -125,6 +125,18 @@ def test_helm_values_use_the_dockerfile_image_and_the_k8s_job_executor():
     limits = coordinator["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
     instance = yaml.safe_load((REPO / "deploy/dagster.yaml").read_text())
     assert limits == instance["run_coordinator"]["config"]["tag_concurrency_limits"]
+    # the same retries and monitoring as the Celery deployment's instance
+    retries, monitoring = (
+        VALUES["dagsterDaemon"]["runRetries"],
+        VALUES["dagsterDaemon"]["runMonitoring"],
+    )
+    assert retries["maxRetries"] == instance["run_retries"]["max_retries"]
+    assert (
+        retries["retryOnAssetOrOpFailure"]
+        is instance["run_retries"]["retry_on_asset_or_op_failure"]
+    )
+    assert monitoring["enabled"] is instance["run_monitoring"]["enabled"]
+    assert monitoring["maxRuntimeSeconds"] == instance["run_monitoring"]["max_runtime_seconds"]
     postgres = VALUES["postgresql"]
     assert postgres["enabled"] is False
     assert {"postgresqlHost", "postgresqlUsername", "postgresqlDatabase"} <= set(postgres)

@@ -3,7 +3,8 @@
 Every fenced ``sh``/``bash`` block of a page under ``docs/tutorials/`` or ``docs/how-to/`` is a
 command a reader will type, so each one runs here, page by page, in one ``bash -euo pipefail``
 script started at the root of a fresh copy of the working tree (its ``.venv`` linked, its own
-``DAGSTER_HOME``). A block that cannot run on this machine (a cluster, a server that never
+``DAGSTER_HOME``, its own package first on ``PYTHONPATH``, so that what a page writes lands in
+the copy). A block that cannot run on this machine (a cluster, a server that never
 returns) says so on the line before it, with its reason::
 
     <!-- not run: needs a Kubernetes cluster -->
@@ -84,6 +85,12 @@ def working_copy(dest: Path) -> None:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
+    # The compiled loops' cache (numba keeps it beside the sources, keyed by their times), so
+    # that the copy's package runs without compiling again.
+    for cached in (ROOT / "recsys_assets").rglob("__pycache__/*"):
+        target = dest / cached.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cached, target)
     (dest / ".venv").symlink_to(ROOT / ".venv")
 
 
@@ -117,6 +124,10 @@ def test_page_commands_run(page: Path, tmp_path: Path):
     text, count = script(page)
     if not count:
         pytest.skip(f"{page.name} has no command block to run")
+    stamp = ROOT / ".venv" / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        # make in the copy would reinstall the linked .venv from the copy, then lose it
+        pytest.fail("the .venv is older than pyproject.toml: run `make .venv/.installed` first")
     copy = tmp_path / "repo"
     working_copy(copy)
     home = tmp_path / "dagster_home"
@@ -128,6 +139,9 @@ def test_page_commands_run(page: Path, tmp_path: Path):
         "OPENBLAS_NUM_THREADS": "1",
         "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "VIRTUAL_ENV": str(ROOT / ".venv"),
+        # the copy's own package, not the editable install's: paths in a config resolve
+        # against the package's repo, which must be the copy
+        "PYTHONPATH": str(copy),
     }
     env.pop("RECSYS_CONFIG", None)
     done = subprocess.run(
