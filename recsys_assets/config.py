@@ -226,7 +226,7 @@ class Db(_Model):
 
 class Catalog(_Model):
     path: Path
-    """The item catalog file (JSON Lines: item_id, tags)."""
+    """The item catalog file: CSV, or JSON Lines when it ends in .jsonl, .ndjson or .json."""
 
 
 class Publish(_Model):

@@ -29,7 +29,7 @@ def daily_partitions(config: AppConfig) -> dg.MultiPartitionsDefinition:
 
 
 def partition_key(day: dt.date, tenant: str, surface: str) -> str:
-    return f"{day.isoformat()}|{tenant}__{surface}"
+    return str(Partition(tenant, surface, day))
 
 
 def parse_partition_key(key: str | dg.MultiPartitionKey) -> Partition:

@@ -48,7 +48,8 @@ def test_materialization_writes_partition_rejects_and_marker(make_config, write_
     materialization = instance.get_latest_materialization_event(dg.AssetKey("canonical_exposures"))
     metadata = materialization.asset_materialization.metadata
     assert metadata["rows"].value == 2
-    assert metadata["rejects_by_reason"].data == {"malformed_json": 1, "unsupported_version": 1}
+    rejects = {k: v.value for k, v in metadata.items() if k.startswith("rejects.")}
+    assert rejects == {"rejects.malformed_json": 1, "rejects.unsupported_version": 1}
     assert metadata["content_hash"].value == marker["content_hash"]
     assert outcome.checks == {
         f"canonical_exposures:{name}": True

@@ -41,7 +41,7 @@ from recsys_assets.publish.collapse import ROW_LISTS
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.rollback import default_actor
 from recsys_assets.quality.live import difference_from_live, live_blob, live_versions
-from recsys_assets.runbooks import with_runbook
+from recsys_assets.runbooks import runbook, with_runbook
 
 CATALOG = dg.AssetKey("item_catalog")
 
@@ -397,7 +397,10 @@ def artifact_checks(
                     f"{stats['excluded_sessions']} sessions over max_items_per_session "
                     f"{config.limits.max_items_per_session} / {stats['events']} events) vs "
                     f"max_excluded_event_ratio {limit}",
-                    {"ratio": ratio, "excluded_sessions": int(stats["excluded_sessions"])},
+                    {
+                        "ratio": round(ratio, 6),
+                        "excluded_sessions": int(stats["excluded_sessions"]),
+                    },
                 )
         for name, (passed, message, metadata) in results.items():
             if name not in selected:
@@ -409,7 +412,7 @@ def artifact_checks(
                 check_name=name,
                 passed=passed,
                 description=message if passed else with_runbook(message, name),
-                metadata=metadata,
+                metadata={**metadata, "runbook": dg.MetadataValue.path(runbook(name))},
             )
 
     return checks

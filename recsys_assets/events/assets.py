@@ -13,7 +13,7 @@ from recsys_assets.events.sources import RawEventSource
 from recsys_assets.events.store import CanonicalStore, exposures_key, rejects_key
 from recsys_assets.metadata import PREVIEW_ROWS, markdown_table
 from recsys_assets.partitions import parse_partition_key
-from recsys_assets.runbooks import with_runbook
+from recsys_assets.runbooks import runbook, with_runbook
 
 CANONICAL = dg.AssetKey("canonical_exposures")
 
@@ -76,14 +76,15 @@ def canonical_asset(
             f"{result.counts['duplicates']:,} duplicates in {seconds:.2f}s"
         )
         return dg.MaterializeResult(
+            # What a user reads first comes first: the preview, then the figures plotted over
+            # days (plain numbers, one per reject reason), then where the files are.
             metadata={
+                "preview": dg.MetadataValue.md(_preview(result)),
                 **{k: dg.MetadataValue.int(v) for k, v in result.counts.items()},
-                "rejects_by_reason": dg.MetadataValue.json(result.rejects_by_reason),
                 **{
                     f"rejects.{r}": dg.MetadataValue.int(n)
-                    for r, n in result.rejects_by_reason.items()
+                    for r, n in sorted(result.rejects_by_reason.items())
                 },
-                "preview": dg.MetadataValue.md(_preview(result)),
                 "content_hash": marker["content_hash"],
                 "path": dg.MetadataValue.path(canonical_store.uri(exposures_key(partition))),
                 "rejects_path": dg.MetadataValue.path(canonical_store.uri(rejects_key(partition))),
@@ -150,7 +151,7 @@ def canonical_checks(
                 description=(
                     guard.message if guard.passed else with_runbook(guard.message, guard.name)
                 ),
-                metadata=guard.metadata,
+                metadata={**guard.metadata, "runbook": dg.MetadataValue.path(runbook(guard.name))},
             )
 
     return canonical_guards_check

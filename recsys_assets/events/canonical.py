@@ -47,6 +47,10 @@ class Partition:
     surface: str
     day: dt.date
 
+    def __str__(self) -> str:
+        """The partition key, as the UI and `--partition` write it."""
+        return f"{self.day.isoformat()}|{self.tenant}__{self.surface}"
+
     @property
     def window(self) -> tuple[dt.datetime, dt.datetime]:
         start = dt.datetime.combine(self.day, dt.time(), tzinfo=dt.UTC)

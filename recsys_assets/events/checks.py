@@ -58,7 +58,7 @@ def canonical_guards(marker: dict, limits: Limits, outside: int) -> list[GuardRe
             ratio <= limits.max_bad_row_ratio,
             f"bad-row ratio {ratio:.6f} ({rejects} rejects / {attributed} lines) "
             f"vs max_bad_row_ratio {limits.max_bad_row_ratio}",
-            {"ratio": ratio, "rejects": rejects, "attributed_lines": attributed},
+            {"ratio": round(ratio, 6), "rejects": rejects, "attributed_lines": attributed},
         ),
         GuardResult(
             "event_volume",

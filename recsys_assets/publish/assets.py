@@ -253,7 +253,14 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         failures: list[str] = []
         prepared: list[protocol.Prepared] = []
         differences: dict[str, dict] = {}
-        before = registry.manifest(entry.tenant, entry.surface)
+        try:
+            before = registry.manifest(entry.tenant, entry.surface)
+        except PublishError as exc:
+            raise dg.Failure(
+                description=with_runbook(
+                    f"publish failed, current manifest unchanged: {exc}", "publish"
+                )
+            ) from exc
         for artifact_type in ARTIFACT_TYPES:
             settings = config.artifact_settings(entry, artifact_type)
             reason = disabled_reason(config, entry, artifact_type, settings)
@@ -318,31 +325,34 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 context.log.info(
                     f"{item.artifact_type} {partition}: {action} {item.version[:12]} ({item.uri})"
                 )
+        preview = markdown_table(
+            ["type", "action", "version", "before"],
+            [
+                [
+                    t,
+                    o["action"],
+                    o.get("version", o.get("reason", "")),
+                    _blob_version((before or {}).get("current", {}).get(t, "")) or "(none)",
+                ]
+                for t, o in outcomes.items()
+            ],
+        )
+        # The manifest first: what the online service reads now, and what it read before.
         return dg.MaterializeResult(
             metadata={
-                "outcomes": dg.MetadataValue.json(outcomes),
-                "preview": dg.MetadataValue.md(
-                    markdown_table(
-                        ["type", "action", "version", "before"],
-                        [
-                            [
-                                t,
-                                o["action"],
-                                o.get("version", o.get("reason", "")),
-                                _blob_version((before or {}).get("current", {}).get(t, "")),
-                            ]
-                            for t, o in outcomes.items()
-                        ],
-                    )
-                ),
-                "published": sum(o["action"] == "published" for o in outcomes.values()),
-                "manifest_before": dg.MetadataValue.json(before or {}),
-                "manifest": dg.MetadataValue.json(manifest or before or {}),
-                "live_difference": dg.MetadataValue.json(
-                    {t: d for t, d in differences.items() if d}
-                ),
+                "preview": dg.MetadataValue.md(preview),
                 "manifest_uri": registry.store.uri(
                     registry.manifest_key(entry.tenant, entry.surface)
+                ),
+                "manifest": dg.MetadataValue.json(manifest or before or {}),
+                "manifest_before": dg.MetadataValue.json(
+                    before or {"note": "first publish: there was no manifest before"}
+                ),
+                "published": sum(o["action"] == "published" for o in outcomes.values()),
+                "outcomes": dg.MetadataValue.json(outcomes),
+                "live_difference": dg.MetadataValue.json(
+                    {t: d for t, d in differences.items() if d}
+                    or {"note": "no live version to compare with"}
                 ),
                 "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
             }

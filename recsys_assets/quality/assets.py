@@ -26,7 +26,7 @@ from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partiti
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.quality import evaluate as ev
 from recsys_assets.quality.live import live_blob, live_versions, seen_by_live
-from recsys_assets.runbooks import with_runbook
+from recsys_assets.runbooks import runbook, with_runbook
 
 QUALITY = dg.AssetKey("artifact_quality")
 CHECKS = {
@@ -363,7 +363,7 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 description=verdict.message
                 if verdict.passed
                 else with_runbook(verdict.message, spec.name),
-                metadata=verdict.metadata,
+                metadata={**verdict.metadata, "runbook": dg.MetadataValue.path(runbook(spec.name))},
             )
 
     return artifact_quality
