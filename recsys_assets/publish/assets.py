@@ -22,6 +22,7 @@ from recsys_assets.metadata import markdown_table
 from recsys_assets.partitions import parse_partition_key
 from recsys_assets.publish import protocol
 from recsys_assets.publish.errors import PublishError
+from recsys_assets.publish.manifest import version_of_uri
 from recsys_assets.publish.resources import PublishTargets
 from recsys_assets.publish.status import status
 from recsys_assets.quality.assets import QUALITY, quality_check_keys
@@ -332,7 +333,7 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                     t,
                     o["action"],
                     o.get("version", o.get("reason", "")),
-                    _blob_version((before or {}).get("current", {}).get(t, "")) or "(none)",
+                    version_of_uri((before or {}).get("current", {}).get(t, "")) or "(none)",
                 ]
                 for t, o in outcomes.items()
             ],
@@ -359,11 +360,6 @@ def publish_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
         )
 
     return publish
-
-
-def _blob_version(uri: str) -> str:
-    """The version a manifest's blob URI names (its file name), or "" for none."""
-    return uri.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def freshness_asset(config: AppConfig, tenant_partitions: dg.PartitionsDefinition):
