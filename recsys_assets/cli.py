@@ -60,7 +60,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _day(value: str) -> dt.date:
+def day_argument(value: str) -> dt.date:
+    """A `--start`/`--end` value: YYYY-MM-DD, or a usage error naming it."""
     try:
         return parse_day(value)
     except ValueError as exc:
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", help=CONFIG_HELP)
         cmd.add_argument("--tenant", help="tenant (default: every configured tenant)")
         cmd.add_argument("--surface", help="surface (default: every surface of the tenant)")
-        cmd.add_argument("--start", type=_day, help="first day, YYYY-MM-DD")
-        cmd.add_argument("--end", type=_day, help="last day, inclusive (default: --start)")
+        cmd.add_argument("--start", type=day_argument, help="first day, YYYY-MM-DD")
+        cmd.add_argument("--end", type=day_argument, help="last day, inclusive (default: --start)")
         cmd.add_argument(
             "--partition",
             help="one partition key instead of --tenant/--surface/--start, e.g. "

@@ -122,17 +122,19 @@ def _storage_kinds(config: AppConfig) -> dict[str, set[str]]:
 
 
 def with_ui_facts(
-    config: AppConfig, definition: dg.AssetsDefinition | dg.AssetChecksDefinition
-) -> dg.AssetsDefinition | dg.AssetChecksDefinition:
-    """An asset with the config's owners and the kinds of where its data lives."""
-    if isinstance(definition, dg.AssetChecksDefinition):
-        return definition
+    config: AppConfig, definitions: list[dg.AssetsDefinition | dg.AssetChecksDefinition]
+) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
+    """The assets with the config's owners and the kinds of where their data lives."""
     kinds = _storage_kinds(config)
-    return definition.map_asset_specs(
-        lambda spec: spec.merge_attributes(
-            owners=list(config.owners), kinds=kinds.get(spec.key.to_user_string(), set())
-        )
-    )
+
+    def facts(spec: dg.AssetSpec) -> dg.AssetSpec:
+        extra = kinds.get(spec.key.to_user_string(), set())
+        return spec.merge_attributes(owners=list(config.owners), kinds=extra)
+
+    return [
+        d if isinstance(d, dg.AssetChecksDefinition) else d.map_asset_specs(facts)
+        for d in definitions
+    ]
 
 
 def step_selections() -> dict[str, tuple[dg.AssetSelection, str]]:
@@ -178,7 +180,7 @@ def build_definitions(
     config: AppConfig, executor: dg.ExecutorDefinition = dg.in_process_executor
 ) -> dg.Definitions:
     """The code location for a config; `executor` runs the steps of launched runs."""
-    assets = [with_ui_facts(config, a) for a in build_assets(config)]
+    assets = with_ui_facts(config, build_assets(config))
     jobs = {
         name: dg.define_asset_job(name, selection=selection, description=description)
         for name, (selection, description) in step_selections().items()

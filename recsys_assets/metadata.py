@@ -48,7 +48,7 @@ def rows_preview(
     if not head:
         return "(no rows)"
     columns = list(head[0])
-    columns.sort(key=lambda name: (name not in KEYS, 0))  # the id first, then as written
+    columns.sort(key=lambda name: name not in KEYS)  # the id first, then as written (stable)
     table = []
     for row in head:
         cells = []

@@ -30,10 +30,13 @@ GENERATED = "_Generated from the code by `docs/gen_reference.py`; do not edit._"
 # -- CLI ------------------------------------------------------------------------------------
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The parser's subcommands by name, in the order they were added."""
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices.items())
+    return dict(_subparsers(parser).choices.items())
 
 
 def flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -44,11 +47,13 @@ def flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _flag_value(action: argparse.Action) -> str:
+    from recsys_assets.cli import day_argument
+
     if action.nargs == 0:
         return "(switch)"
     if action.choices:
         return " | ".join(f"`{c}`" for c in action.choices)
-    if isinstance(action.type, Callable) and getattr(action.type, "__name__", "") == "_day":
+    if action.type is day_argument:
         return "YYYY-MM-DD"
     return action.metavar or action.dest.upper()
 
@@ -57,18 +62,13 @@ def cli_page() -> str:
     from recsys_assets.cli import build_parser
 
     parser = build_parser()
-    helps = {
-        a.dest: a.help
-        for a in parser._actions
-        if isinstance(a, argparse._SubParsersAction)
-        for a in a._choices_actions
-    }
+    helps = {choice.dest: choice.help for choice in _subparsers(parser)._choices_actions}
     lines = [
         "# CLI reference",
         "",
         GENERATED,
         "",
-        f"`{parser.prog}`: {parser.description}. Every subcommand exits 0 on success, 1 when a "
+        f"{parser.description} Every subcommand exits 0 on success, 1 when a "
         "step or blocking check failed and 2 on a usage or config error "
         "([exit codes](exit-codes.md)).",
         "",
@@ -155,14 +155,12 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def config_keys(
-    model: type[BaseModel] = AppConfig, prefix: str = ""
-) -> Iterator[tuple[str, Any, type[BaseModel]]]:
-    """Every key of the config as (dotted path, pydantic field, the model holding it); nested
-    models are walked, a list of models is `name[]`."""
+def config_keys(model: type[BaseModel] = AppConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every key of the config as (dotted path, pydantic field); nested models are walked, a
+    list of models is `name[]`."""
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        yield path, field, model
+        yield path, field
         nested = _model_of(field.annotation)
         if nested is not None:
             many = typing.get_origin(field.annotation) is list or any(
@@ -199,7 +197,7 @@ def config_page() -> str:
         "",
     ]
     rows = []
-    for path, field, _ in config_keys():
+    for path, field in config_keys():
         meaning = " ".join((field.description or "").split())
         bounds = _bounds(field)
         rows.append(
@@ -305,7 +303,8 @@ def exit_codes_page() -> str:
                 "",
                 GENERATED,
                 "",
-                f"From `recsys_assets/cli.py` (SPEC §8): {cli.__doc__.splitlines()[2].strip()}",
+                "The codes of `recsys_assets/cli.py` (`EXIT_OK`, `EXIT_FAILED`, `EXIT_USAGE`; "
+                "SPEC §8):",
                 "",
                 markdown_table(["code", "meaning"], rows),
                 "",
