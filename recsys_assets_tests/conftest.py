@@ -22,6 +22,20 @@ def event(day: str = "2026-01-01", time: str = "08:00:00", **fields: object) -> 
     return {**base, **fields}
 
 
+def cycled_events(n: int, sessions: int, items: int, users: int) -> list[dict]:
+    """`n` events a minute apart from 08:00, session, item and user ids cycling through their
+    counts (`s0..`, `I0..`, `u0..`): a small day with repeats in every dimension."""
+    return [
+        event(
+            session_id=f"s{i % sessions}",
+            item_id=f"I{i % items}",
+            user_id=f"u{i % users}",
+            time=f"08:{i:02d}:00",
+        )
+        for i in range(n)
+    ]
+
+
 def lines(*items: object) -> bytes:
     """JSON Lines bytes; dicts are serialized, strings are taken as raw lines."""
     out = [json.dumps(i) if isinstance(i, dict) else str(i) for i in items]

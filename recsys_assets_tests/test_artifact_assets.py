@@ -5,7 +5,7 @@ import orjson
 
 from recsys_assets.graph import build_definitions
 from recsys_assets.runner import execute
-from recsys_assets_tests.conftest import REPO, event, lines
+from recsys_assets_tests.conftest import REPO, cycled_events, event, lines
 
 TINY = (REPO / "testdata/events/tiny/exposure.jsonl").read_bytes()
 KEY = "2026-01-01|demo__home"
@@ -41,19 +41,7 @@ def test_reference_outputs_on_the_tiny_sample(make_config, write_day, instance):
 
 
 def test_rerun_changes_no_file_and_keeps_the_version(make_config, write_day, instance):
-    write_day(
-        lines(
-            *[
-                event(
-                    session_id=f"s{i % 3}",
-                    item_id=f"I{i % 5}",
-                    user_id=f"u{i % 2}",
-                    time=f"08:{i:02d}:00",
-                )
-                for i in range(20)
-            ]
-        )
-    )
+    write_day(lines(*cycled_events(20, sessions=3, items=5, users=2)))
     config = make_config()
     defs = build_definitions(config)
     assert execute(defs, "recsys_daily", KEY, instance).success
@@ -151,19 +139,7 @@ def test_blob_version_recomputes_with_rfc8785(make_config, write_day, instance):
 
     import rfc8785
 
-    write_day(
-        lines(
-            *[
-                event(
-                    session_id=f"s{i % 4}",
-                    item_id=f"I{i % 7}",
-                    user_id=f"u{i % 3}",
-                    time=f"08:{i:02d}:00",
-                )
-                for i in range(40)
-            ]
-        )
-    )
+    write_day(lines(*cycled_events(40, sessions=4, items=7, users=3)))
     config = make_config()
     assert execute(build_definitions(config), "recsys_daily", KEY, instance).success
     for artifact_type in ("popularity", "cooc", "implicit", "session_seq"):

@@ -7,7 +7,7 @@ import orjson
 from recsys_assets.artifacts.envelope import EncodedList
 from recsys_assets.graph import build_definitions
 from recsys_assets.runner import execute
-from recsys_assets_tests.conftest import event, lines
+from recsys_assets_tests.conftest import cycled_events, event, lines
 
 KEY = "2026-01-01|demo__home"
 
@@ -37,19 +37,7 @@ def test_assets_carry_groups_kinds_and_the_configured_owners(make_config):
 
 def test_materializations_show_numbers_previews_and_runbooks(make_config, write_day, instance):
     write_day(
-        lines(
-            *[
-                event(
-                    session_id=f"s{i % 4}",
-                    item_id=f"I{i % 3}",
-                    user_id=f"u{i % 2}",
-                    time=f"08:{i:02d}:00",
-                )
-                for i in range(30)
-            ],
-            "{not json",
-            event(item_id=""),
-        )
+        lines(*cycled_events(30, sessions=4, items=3, users=2), "{not json", event(item_id=""))
     )
     config = make_config(limits={"max_bad_row_ratio": 0.5})
     assert execute(build_definitions(config), "recsys_daily", KEY, instance).success
