@@ -324,6 +324,20 @@ class TenantSurface(_Model):
         return f"{self.tenant}__{self.surface}"
 
 
+class Scale(_Model):
+    """How a day too big for memory is worked in pieces (the results do not depend on it)."""
+
+    bucket_bytes: PositiveInt = 2_000_000_000
+    """canonical: raw bytes per time bucket; a bigger day is sorted a bucket at a time, the
+    others spilled to `spill_dir`."""
+    shard_events: PositiveInt = 12_000_000
+    """daily_aggregates: events per shard; a bigger day is aggregated a shard of sessions and
+    of users at a time, and the shards summed."""
+    spill_dir: str | None = None
+    """Local folder of spilled buckets and downloaded days (default: the system temp folder,
+    `$TMPDIR`)."""
+
+
 class AppConfig(_Model):
     start_date: dt.date
     """First partition day (YYYY-MM-DD)."""
@@ -363,6 +377,8 @@ class AppConfig(_Model):
     """Publishing and freshness."""
     quality: Quality = Quality()
     """Offline evaluation and the checks that gate publishing."""
+    scale: Scale = Scale()
+    """Working a big day in pieces: time buckets, shards, spill folder."""
 
     @field_validator("owners")
     @classmethod

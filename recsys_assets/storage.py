@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import filecmp
 import functools
 import hashlib
 import mmap
@@ -28,6 +29,8 @@ from botocore.exceptions import ClientError
 from recsys_assets.config import S3Connection
 
 _LOCK_SUFFIX = ".lock"
+# Bytes of a local file read at a time when it is copied into a store.
+_FILE_PART = 64 << 20
 # S3 answers a failed If-Match / If-None-Match with 412, a concurrent conditional write with
 # 409, and If-Match on a missing key with 404: all mean "not the content you read".
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
@@ -61,6 +64,26 @@ class Store(ABC):
         but must not cost a disk flush of hundreds of MB every day.
         """
         self.write_bytes(key, b"".join(parts))
+
+    def write_file(self, key: str, path: Path) -> None:
+        """Replace the object atomically with a local file's content, which is read as it
+        goes (a day's events can be GBs); the file may be moved into place."""
+        with open(path, "rb") as handle:
+            self.write_parts(key, iter(functools.partial(handle.read, _FILE_PART), b""))
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path | None]:
+        """The object as a local file for the time of the `with` (None when it does not
+        exist): a local store's own file, or a temporary download."""
+        data = self.read_bytes(key)
+        if data is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="recsys-object-") as folder:
+            path = Path(folder) / Path(key).name
+            path.write_bytes(data)
+            del data
+            yield path
 
     @abstractmethod
     def write_if_absent(self, key: str, data: bytes) -> bool:
@@ -149,6 +172,24 @@ class LocalStore(Store):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def write_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        if target.exists() and filecmp.cmp(path, target, shallow=False):
+            return  # the same bytes: the file is left as it was, modification time too
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if os.stat(path).st_dev != os.stat(target.parent).st_dev:
+            super().write_file(key, path)
+            return
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(path, 0o666 & ~_umask())
+        os.replace(path, target)
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path | None]:
+        path = self._path(key)
+        yield path if path.exists() else None
 
     def write_bytes(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -377,6 +418,20 @@ class S3Store(Store):
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
         return self._put(key, data, IfNoneMatch="*")
+
+    def write_file(self, key: str, path: Path) -> None:
+        # boto3's managed transfer: a multipart upload of big files, parts in parallel
+        self._client.upload_file(str(path), self.bucket, self._key(key))
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path | None]:
+        if self._head(key) is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="recsys-object-") as folder:
+            path = Path(folder) / Path(key).name
+            self._client.download_file(self.bucket, self._key(key), str(path))
+            yield path
 
     def read_with_token(self, key: str) -> tuple[bytes | None, str | None]:
         return self._get(key)

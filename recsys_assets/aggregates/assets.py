@@ -1,8 +1,10 @@
 """The `daily_aggregates` asset: one day's partial aggregates, from its canonical partition."""
 
+import math
 import time
 
 import dagster as dg
+import polars as pl
 
 from recsys_assets.aggregates.daily import EVENT_COLUMNS, daily_aggregates
 from recsys_assets.aggregates.store import write_aggregates
@@ -32,9 +34,18 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         partition = parse_partition_key(context.partition_key)
         entry = config.tenant(partition.tenant, partition.surface)
         started = time.perf_counter()
-        events, marker = canonical_store.read_events(partition, columns=EVENT_COLUMNS)
         params = aggregate_params(config, entry)
-        frames = daily_aggregates(events, **params)
+        with canonical_store.events_file(partition) as (path, marker):
+            events = marker["counts"]["rows"]
+            shards = math.ceil(events / config.scale.shard_events) or 1
+            if shards > 1:
+                context.log.info(
+                    f"{partition}: aggregating {events:,} events in {shards} shards of "
+                    f"sessions and of users (scale.shard_events {config.scale.shard_events:,})"
+                )
+            frames = daily_aggregates(
+                pl.scan_parquet(path).select(EVENT_COLUMNS), **params, shards=shards
+            )
         written = write_aggregates(
             canonical_store, partition, frames, params, marker["content_hash"]
         )
@@ -42,7 +53,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         stats = frames["cooc_stats"].row(0, named=True)
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: aggregated "
-            f"{events.height:,} events in {seconds:.2f}s"
+            f"{events:,} events in {seconds:.2f}s"
         )
         return dg.MaterializeResult(
             metadata={
@@ -50,6 +61,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
                 **{f"rows_{kind}": dg.MetadataValue.int(n) for kind, n in written["rows"].items()},
                 **{f"cooc_{k}": dg.MetadataValue.int(int(v)) for k, v in stats.items()},
                 "params": dg.MetadataValue.json(params),
+                "shards": shards,
                 "ids": dg.MetadataValue.json(
                     {space: segments for space, (segments, _) in written["ids"].items()}
                 ),

@@ -95,20 +95,31 @@ def coded_from_codes(
     values: np.ndarray,
 ) -> Coded:
     """Entries given as codes into sorted dictionaries; duplicates are summed."""
+    matrix = pair_matrix(rows.len(), columns.len(), row_code, column_code, values)
+    return in_id_order(matrix, rows, columns)
+
+
+def pair_matrix(
+    n_rows: int,
+    n_columns: int,
+    row_code: np.ndarray,
+    column_code: np.ndarray,
+    values: np.ndarray,
+) -> sp.csr_matrix:
+    """Entries given as codes, as a canonical CSR matrix of that shape; duplicates summed."""
     ordered = (row_code[1:] > row_code[:-1]) | (
         (row_code[1:] == row_code[:-1]) & (column_code[1:] > column_code[:-1])
     )
     if ordered.all():  # already by row then column, without duplicates: no sort needed
-        counts = np.bincount(row_code, minlength=rows.len())
+        counts = np.bincount(row_code, minlength=n_rows)
         indptr = np.concatenate(([0], np.cumsum(counts)))
-        matrix = csr(values, column_code, indptr, columns.len())
-    else:
-        matrix = sp.csr_matrix(
-            (values.astype(np.int64, copy=False), (row_code, column_code)),
-            shape=(rows.len(), columns.len()),
-        )
-        matrix.sum_duplicates()
-    return in_id_order(matrix, rows, columns)
+        return csr(values, column_code, indptr, n_columns)
+    matrix = sp.csr_matrix(
+        (values.astype(np.int64, copy=False), (row_code, column_code)),
+        shape=(n_rows, n_columns),
+    )
+    matrix.sum_duplicates()
+    return matrix
 
 
 def coded_from_ids(first: pl.Series, second: pl.Series, values: np.ndarray, what: str) -> Coded:

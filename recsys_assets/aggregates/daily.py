@@ -51,11 +51,11 @@ import scipy.sparse as sp
 
 from recsys_assets.aggregates.coded import (
     Coded,
-    coded_from_codes,
     coded_from_ids,
     codes,
     empty_coded,
     in_id_order,
+    pair_matrix,
 )
 from recsys_assets.events.canonical import EVENT_SCHEMA
 
@@ -85,6 +85,13 @@ AGGREGATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
 }
 PAIR_KINDS = ("cooc_pairs", "user_item_counts", "user_transitions", "item_transitions")
+# The id spaces (dictionaries) of each pair kind's rows and columns.
+PAIR_SPACES = {
+    "cooc_pairs": ("items", "items"),
+    "user_item_counts": ("users", "items"),
+    "user_transitions": ("users", "items"),
+    "item_transitions": ("items", "items"),
+}
 Aggregate = pl.DataFrame | Coded
 AGGREGATE_KEYS: dict[str, tuple[str, ...]] = {
     "item_counts": ("item_id",),
@@ -142,11 +149,24 @@ EVENT_COLUMNS = ["session_id", "item_id", "user_id"]
 
 
 def daily_aggregates(
-    events: pl.DataFrame, *, max_items_per_session: int = 200, transition_window: int = 3
+    events: pl.DataFrame | pl.LazyFrame,
+    *,
+    max_items_per_session: int = 200,
+    transition_window: int = 3,
+    shards: int = 1,
 ) -> dict[str, Aggregate]:
-    """Every aggregate kind of one day's canonical events (kind -> frame); the events need
-    only EVENT_COLUMNS."""
-    _check_events(events)
+    """Every aggregate kind of one day's canonical events (kind -> aggregate): a frame, or a
+    scan of the day's file (it needs only EVENT_COLUMNS, in time order).
+
+    With `shards` > 1 the day is aggregated a part at a time, so that memory holds one
+    part's events and scratch arrays rather than the day's: the session kinds by a hash of
+    the session (a session is whole in one part), the user kinds by a hash of the user, each
+    coded against the day's sorted items and users and summed. Sums of integers over parts
+    that split sessions and users whole are the day's sums: the result does not depend on
+    `shards`.
+    """
+    if not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"scale.shard_events gives {shards!r} shards; expected an integer >= 1")
     if not isinstance(max_items_per_session, int) or max_items_per_session < 1:
         raise ValueError(
             f"limits.max_items_per_session must be an integer >= 1, got {max_items_per_session!r}"
@@ -159,11 +179,88 @@ def daily_aggregates(
             f"artifacts.session_seq.window must be an integer in 1..{MAX_TRANSITION_WINDOW},"
             f" got {transition_window!r}"
         )
-    if events.height == 0:
+    scan = events.lazy().select(EVENT_COLUMNS)
+    day = scan.collect() if shards == 1 else scan.head(0).collect()
+    _check_events(day)
+    if shards == 1:
+        items = day["item_id"].unique().sort()
+        users = day["user_id"].drop_nulls().unique().sort()
+    else:
+        items = scan.select(pl.col("item_id").unique().sort()).collect().to_series()
+        users = scan.select(pl.col("user_id").drop_nulls().unique().sort()).collect().to_series()
+    if items.len() == 0:
         return {kind: empty_aggregate(kind) for kind in AGGREGATE_KINDS}
 
-    items = events["item_id"].unique().sort()
-    item_code = codes(events["item_id"], items, "item_id")
+    # One kind of part after the other: each already keeps the cores busy (its kernels run
+    # on the threads, polars on its own), and at once their scratch arrays would add up.
+    sums: dict[str, Aggregate | np.ndarray] = {}
+    for part in range(shards):
+        events = day if shards == 1 else _shard(scan, "session_id", shards, part)
+        if events.height:
+            item_code = codes(events["item_id"], items, "item_id")
+            _add(
+                sums,
+                _session_kinds(events, item_code, items, max_items_per_session, transition_window),
+            )
+    for part in range(shards):
+        events = day if shards == 1 else _shard(scan, "user_id", shards, part)
+        if events.height:
+            if shards > 1:
+                item_code = codes(events["item_id"], items, "item_id")
+            _add(sums, _user_kinds(events, item_code, items, users))
+    del day, events, item_code
+    dictionaries = {"items": items, "users": users}
+    coded = {
+        kind: in_id_order(sums.pop(kind), *(dictionaries[space] for space in PAIR_SPACES[kind]))
+        for kind in PAIR_KINDS
+        if kind in sums
+    }
+    return {
+        **{kind: empty_aggregate(kind) for kind in AGGREGATE_KINDS},
+        **sums,
+        **coded,
+        "item_counts": pl.DataFrame(
+            {"item_id": items, "count": sums["item_counts"]},
+            schema=AGGREGATE_SCHEMAS["item_counts"],
+        ),
+    }
+
+
+# Which part of the day an event falls in is a hash of its session or user; any hash gives
+# the same sums.
+_SHARD_SEED = 20_260_101
+
+
+def _shard(scan: pl.LazyFrame, key: str, shards: int, part: int) -> pl.DataFrame:
+    """The events (in time order) whose `key` hashes to `part` of `shards`; a user part
+    leaves out events without a user."""
+    chosen = pl.col(key).hash(seed=_SHARD_SEED) % shards == part
+    if key == "user_id":
+        chosen = chosen & pl.col(key).is_not_null()
+    return scan.filter(chosen).collect()
+
+
+def _add(sums: dict[str, Aggregate | np.ndarray], part: dict[str, Aggregate | np.ndarray]):
+    """Add a part's aggregates to the sums (kind -> sum), all over the same dictionaries."""
+    for kind, value in part.items():
+        if kind not in sums:
+            sums[kind] = value
+        elif isinstance(value, sp.csr_matrix):
+            sums[kind] = sums[kind] + value
+        elif isinstance(value, pl.DataFrame):
+            sums[kind] = pl.concat([sums[kind], value]).sum()
+        else:
+            sums[kind] = sums[kind] + value
+
+
+def _session_kinds(
+    events: pl.DataFrame,
+    item_code: np.ndarray,
+    items: pl.Series,
+    max_items_per_session: int,
+    transition_window: int,
+) -> dict[str, Aggregate | np.ndarray]:
+    """The kinds of whole sessions (and the item counts) of some events in time order."""
     grouped = (
         events.select("session_id")
         .with_row_index("row")
@@ -172,24 +269,16 @@ def daily_aggregates(
     )
     session_length = grouped["row"].list.len().to_numpy().astype(np.int64)
     session_rows = grouped["row"].explode().to_numpy()
+    del grouped
     session_of = np.repeat(np.arange(session_length.size), session_length)
     session_items = item_code[session_rows]  # session by session, in time order
-
-    # One group after the other: each already keeps the cores busy (its kernels run on the
-    # threads, polars on its own), and at once their scratch arrays would add up.
+    del session_rows
     pairs, stats = _cooc(session_of, session_items, session_length, items, max_items_per_session)
-    user_items, user_transitions = _user_aggregates(events, item_code, items)
-    item_transitions = _item_transitions(session_of, session_items, items, transition_window)
     return {
-        "item_counts": pl.DataFrame(
-            {"item_id": items, "count": np.bincount(item_code, minlength=items.len())},
-            schema=AGGREGATE_SCHEMAS["item_counts"],
-        ),
+        "item_counts": np.bincount(item_code, minlength=items.len()),
         "cooc_pairs": pairs,
         "cooc_stats": stats,
-        "user_item_counts": user_items,
-        "user_transitions": user_transitions,
-        "item_transitions": item_transitions,
+        "item_transitions": _item_transitions(session_of, session_items, items, transition_window),
     }
 
 
@@ -258,7 +347,7 @@ def _cooc(
     session_length: np.ndarray,
     items: pl.Series,
     max_items_per_session: int,
-) -> tuple[Coded, pl.DataFrame]:
+) -> tuple[sp.csr_matrix, pl.DataFrame]:
     n_sessions, n_items = session_length.size, items.len()
     # Binary session x item matrix: duplicates summed by the COO -> CSR conversion, then
     # set to 1 so that a session counts a pair once.
@@ -272,7 +361,7 @@ def _cooc(
     if excluded.any():
         x = x[~excluded]
     x.data[:] = 1
-    pairs = coded_from_codes(items, items, *_upper_pair_counts(x))
+    pairs = pair_matrix(n_items, n_items, *_upper_pair_counts(x))
     stats = pl.DataFrame(
         {
             "sessions": [n_sessions],
@@ -311,33 +400,33 @@ def _upper_pair_counts(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nda
     return rows, columns, counts
 
 
-def _user_aggregates(
-    events: pl.DataFrame, item_code: np.ndarray, items: pl.Series
-) -> tuple[Coded, Coded]:
+def _user_kinds(
+    events: pl.DataFrame, item_code: np.ndarray, items: pl.Series, users: pl.Series
+) -> dict[str, sp.csr_matrix]:
+    """The kinds of whole users of some events in time order, over the day's `users`."""
     known = np.flatnonzero(events["user_id"].is_not_null().to_numpy())
     if known.size == 0:
-        return empty_aggregate("user_item_counts"), empty_aggregate("user_transitions")
-    users = events["user_id"].drop_nulls().unique().sort()
+        return {}
     user_code = codes(events["user_id"].gather(known), users, "user_id")
     user_item = item_code[known]
-    seen = coded_from_codes(users, items, user_code, user_item, np.ones(known.size, np.int64))
+    shape = (users.len(), items.len())
+    seen = pair_matrix(*shape, user_code, user_item, np.ones(known.size, np.int64))
     # Stable sort: each user's events stay in time order.
     order = np.argsort(user_code, kind="stable")
     user_seq, item_seq = user_code[order], user_item[order]
     follows = user_seq[1:] == user_seq[:-1]
-    moved = coded_from_codes(
-        users,
-        items,
+    moved = pair_matrix(
+        *shape,
         user_seq[1:][follows],
         item_seq[1:][follows],
         np.ones(int(follows.sum()), np.int64),
     )
-    return seen, moved
+    return {"user_item_counts": seen, "user_transitions": moved}
 
 
 def _item_transitions(
     session_of: np.ndarray, session_items: np.ndarray, items: pl.Series, window: int
-) -> Coded:
+) -> sp.csr_matrix:
     firsts, seconds, units = [], [], []
     for gap in range(1, window + 1):
         same_session = session_of[gap:] == session_of[:-gap]
@@ -347,6 +436,7 @@ def _item_transitions(
         firsts.append(first[moved])
         seconds.append(second[moved])
         units.append(np.full(int(moved.sum()), TRANSITION_UNIT // gap, dtype=np.int64))
-    return coded_from_codes(
-        items, items, np.concatenate(firsts), np.concatenate(seconds), np.concatenate(units)
+    n_items = items.len()
+    return pair_matrix(
+        n_items, n_items, np.concatenate(firsts), np.concatenate(seconds), np.concatenate(units)
     )

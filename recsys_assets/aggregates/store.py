@@ -23,18 +23,10 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys_assets.aggregates.coded import Coded, csr, grown, in_id_order, positions, reordered
-from recsys_assets.aggregates.daily import PAIR_KINDS, Aggregate
+from recsys_assets.aggregates.daily import PAIR_KINDS, PAIR_SPACES, Aggregate
 from recsys_assets.aggregates.ids import IdIndex, id_index
 from recsys_assets.events.canonical import Partition, parquet_bytes, sha256_hex
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady, marker_key
-
-# The id spaces of each pair kind's rows and columns.
-PAIR_SPACES = {
-    "cooc_pairs": ("items", "items"),
-    "user_item_counts": ("users", "items"),
-    "user_transitions": ("users", "items"),
-    "item_transitions": ("items", "items"),
-}
 
 
 def aggregate_key(partition: Partition, kind: str) -> str:

@@ -1,6 +1,8 @@
 """The `canonical_exposures` asset: thin wiring of source → parse → canonical store → guards."""
 
+import tempfile
 import time
+from pathlib import Path
 from typing import BinaryIO
 
 import dagster as dg
@@ -9,9 +11,10 @@ import polars as pl
 from recsys_assets.config import AppConfig
 from recsys_assets.events import canonical as canon
 from recsys_assets.events.checks import CANONICAL_CHECKS, canonical_guards
-from recsys_assets.events.sources import RawEventSource
+from recsys_assets.events.sources import RawEventSource, RawInput
+from recsys_assets.events.spill import bucket_count
 from recsys_assets.events.store import CanonicalStore, exposures_key, rejects_key
-from recsys_assets.metadata import PREVIEW_ROWS, markdown_table
+from recsys_assets.metadata import markdown_table
 from recsys_assets.partitions import parse_partition_key
 from recsys_assets.runbooks import runbook, with_runbook
 
@@ -19,15 +22,32 @@ CANONICAL = dg.AssetKey("canonical_exposures")
 
 
 def build_canonical_partition(
-    raw_layout: str, data: bytes | BinaryIO, partition: canon.Partition, config: AppConfig
+    raw_layout: str,
+    data: bytes | BinaryIO,
+    partition: canon.Partition,
+    config: AppConfig,
+    *,
+    buckets: int = 1,
+    destination: Path | None = None,
 ) -> tuple[canon.CanonicalPartition, bytes | None]:
-    """The canonical partition from a source's bytes (or stream), plus a flat file's
+    """The canonical partition from a source's bytes (or stream), a per-day file sorted in
+    `buckets` time buckets, written to `destination` (or to memory), plus a flat file's
     unattributed lines."""
     if raw_layout != "flat":
-        return canon.canonical_from_day_file(data, partition, dedup_exact=config.dedup_exact), None
+        result = canon.canonical_from_day_file(
+            data,
+            partition,
+            dedup_exact=config.dedup_exact,
+            buckets=buckets,
+            destination=destination,
+            spill_dir=config.scale.spill_dir,
+        )
+        return result, None
     known = {(t.tenant, t.surface) for t in config.tenants}
     attributed = canon.attribute(data, known)
-    result = canon.canonical_from_flat_file(attributed, partition, dedup_exact=config.dedup_exact)
+    result = canon.canonical_from_flat_file(
+        attributed, partition, dedup_exact=config.dedup_exact, destination=destination
+    )
     return result, canon.ndjson_bytes(canon.unattributed(attributed))
 
 
@@ -54,21 +74,29 @@ def canonical_asset(
             f"{partition.tenant}/{partition.surface} {partition.day}: "
             f"reading {raw.size:,} bytes ({raw.layout}) from {raw.name}"
         )
-        with raw.open() as stream:
-            result, orphans = build_canonical_partition(raw.layout, stream, partition, config)
-        result = canon.with_source_rejects(result, raw.source_rejects)
-        metadata: dict[str, object] = {}
-        if orphans:
-            name = f"{raw.sha256_hex()}.jsonl"
-            metadata["unattributed_path"] = canonical_store.write_unattributed(name, orphans)
-            metadata["unattributed_lines"] = orphans.count(b"\n")
-        missing = raw.missing(result.counts["attributed_lines"])
-        if missing:
-            context.log.warning(
-                f"{partition.tenant}/{partition.surface} {partition.day}: source {raw.name} "
-                "has no input for the partition"
+        buckets = 1 if raw.layout == "flat" else bucket_count(raw.size, config.scale.bucket_bytes)
+        if buckets > 1:
+            context.log.info(
+                f"{partition}: sorting the day in {buckets} time buckets "
+                f"(scale.bucket_bytes {config.scale.bucket_bytes:,}), spilled under "
+                f"{config.scale.spill_dir or tempfile.gettempdir()}"
             )
-        marker = canonical_store.write(partition, result, raw.name, source_missing=missing)
+        with tempfile.TemporaryDirectory(
+            prefix="recsys-canonical-", dir=config.scale.spill_dir
+        ) as scratch:
+            with raw.open() as stream:
+                result, orphans = build_canonical_partition(
+                    raw.layout,
+                    stream,
+                    partition,
+                    config,
+                    buckets=buckets,
+                    destination=Path(scratch) / "exposures.parquet",
+                )
+            result = canon.with_source_rejects(result, raw.source_rejects)
+            metadata, missing, marker = _store(
+                context, canonical_store, raw, partition, result, orphans
+            )
         seconds = time.perf_counter() - started
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: "
@@ -90,6 +118,8 @@ def canonical_asset(
                 "rejects_path": dg.MetadataValue.path(canonical_store.uri(rejects_key(partition))),
                 "source": raw.name,
                 "source_missing": missing,
+                "buckets": result.buckets,
+                "spilled_bytes": result.spilled_bytes,
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
                 **metadata,
             },
@@ -98,16 +128,35 @@ def canonical_asset(
     return canonical_exposures
 
 
+def _store(
+    context: dg.AssetExecutionContext,
+    canonical_store: CanonicalStore,
+    raw: RawInput,
+    partition: canon.Partition,
+    result: canon.CanonicalPartition,
+    orphans: bytes | None,
+) -> tuple[dict[str, object], bool, dict]:
+    """Write the partition (and a flat file's unattributed lines); the extra metadata,
+    whether the source had no input, and the marker."""
+    metadata: dict[str, object] = {}
+    if orphans:
+        name = f"{raw.sha256_hex()}.jsonl"
+        metadata["unattributed_path"] = canonical_store.write_unattributed(name, orphans)
+        metadata["unattributed_lines"] = orphans.count(b"\n")
+    missing = raw.missing(result.counts["attributed_lines"])
+    if missing:
+        context.log.warning(
+            f"{partition.tenant}/{partition.surface} {partition.day}: source {raw.name} "
+            "has no input for the partition"
+        )
+    marker = canonical_store.write(partition, result, raw.name, source_missing=missing)
+    return metadata, missing, marker
+
+
 def _preview(result: canon.CanonicalPartition) -> str:
     """The day's most exposed items and its rejects by reason, as the asset page shows them."""
-    top = (
-        result.events.group_by("item_id")
-        .agg(pl.len().alias("exposures"), pl.col("user_id").drop_nulls().n_unique().alias("users"))
-        .sort(["exposures", "item_id"], descending=[True, False])
-        .head(PREVIEW_ROWS)
-    )
     text = "**most exposed items**\n\n" + markdown_table(
-        ["item_id", "exposures", "users"], top.rows()
+        ["item_id", "exposures", "users"], result.top_items.rows()
     )
     if result.rejects_by_reason:
         rejects = sorted(result.rejects_by_reason.items(), key=lambda r: (-r[1], r[0]))

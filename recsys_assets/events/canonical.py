@@ -1,17 +1,21 @@
 """Canonical exposures (SPEC §3): the valid, normalized, de-duplicated events of one partition.
 
-Pure: JSON Lines bytes in, frames and counts out. Every line ends in exactly one place: the
-events, the partition's rejects (with a reason), the unattributed quarantine of a flat file,
-another partition, or the duplicate count.
+Pure but for the local files it is told to use: JSON Lines bytes (or a stream) in; the
+events' Parquet bytes (or a file at a given path), the rejects and counts out; a big day is
+sorted in time buckets spilled to a scratch folder (`spill`). Every line ends in exactly one
+place: the events, the partition's rejects (with a reason), the unattributed quarantine of
+a flat file, another partition, or the duplicate count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
@@ -24,8 +28,11 @@ from recsys_assets.events.parse import (
     ID_FIELDS,
     REQUIRED_FIELDS,
     DecodedLines,
+    iter_blocks,
     map_blocks,
 )
+from recsys_assets.events.spill import Distinct, ParquetSink, TimeBuckets, sha256_of
+from recsys_assets.metadata import PREVIEW_ROWS
 
 EVENT_SCHEMA = {
     "ts": pl.Datetime("us", "UTC"),
@@ -59,10 +66,28 @@ class Partition:
 
 @dataclass(frozen=True)
 class CanonicalPartition:
-    events: pl.DataFrame
+    """A partition's events as written (`parquet`: the Parquet bytes, or the local file
+    they were written to) with their hash, its rejects, counts and most exposed items."""
+
+    parquet: bytes | Path
+    content_hash: str
     rejects: pl.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    # item_id, exposures, users: the most exposed items, most first (ties by id)
+    top_items: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=TOP_SCHEMA))
+    # How the day was sorted: time buckets, and the bytes of events spilled to disk.
+    buckets: int = 1
+    spilled_bytes: int = 0
+
+    @functools.cached_property
+    def events(self) -> pl.DataFrame:
+        """The events, read back (a big day's are not meant to be held: see `parquet`)."""
+        data = io.BytesIO(self.parquet) if isinstance(self.parquet, bytes) else self.parquet
+        return pl.read_parquet(data).cast(EVENT_SCHEMA)
+
+
+TOP_SCHEMA = {"item_id": pl.String, "exposures": pl.UInt32, "users": pl.UInt32}
 
 
 # The common form, UTC with at most microseconds, which chrono's RFC 3339 parser (`%+`) reads
@@ -244,47 +269,93 @@ def _distinct(events: pl.DataFrame) -> dict[str, pl.Series]:
     }
 
 
-def _count(distinct: list[pl.Series]) -> int:
-    """How many distinct values the blocks' distinct values make together."""
-    return pl.concat(distinct).n_unique() if distinct else 0
+# The columns of a day whose values repeat (dictionary-encoded in its Parquet file).
+_REPEATING = ["tenant", "surface", "item_id", "user_id", "session_id"]
 
 
 def _finish(
     partition: Partition,
-    events: list[pl.DataFrame],
-    distinct: list[dict[str, pl.Series]],
+    buckets: TimeBuckets,
+    distinct: dict[str, Distinct],
     rejects: pl.DataFrame,
     counts: dict[str, int],
     dedup_exact: bool,
+    destination: Path | None,
 ) -> CanonicalPartition:
-    """Sort and de-duplicate the events, adding their tenant and surface (the partition's);
-    the list is emptied, so that the unsorted events are let go of as they are sorted."""
-    parts, events = events, _concat(events, _VARYING)
-    parts.clear()
-    before = events.height
-    order = _order(events, dedup_exact)
-    columns = events.get_columns()
-    del events  # the columns alone hold the unsorted events, each let go of once sorted
-    events = _gathered(columns, order).select(
-        [
-            pl.lit(getattr(partition, name), dtype).alias(name)
-            if name in ("tenant", "surface")
-            else pl.col(name)
-            for name, dtype in EVENT_SCHEMA.items()
-        ]
-    )
+    """Sort and de-duplicate the events a time bucket at a time, adding their tenant and
+    surface (the partition's), and write them in that order: to `destination`, or to memory
+    without one.
+
+    Exact duplicates share their `ts`, so they fall in one bucket; and buckets are spans of
+    time, so the buckets sorted one after the other are the day sorted.
+    """
+    sink = ParquetSink(EVENT_SCHEMA, destination, dictionary=_REPEATING)
+    before = 0
+    exposures = []
+    for index in range(buckets.count):
+        events = buckets.take(index)
+        if events is None:
+            continue
+        before += events.height
+        order = _order(events, dedup_exact)
+        columns = events.get_columns()
+        del events  # the columns alone hold the unsorted events, each let go of once sorted
+        events = _gathered(columns, order).select(
+            [
+                pl.lit(getattr(partition, name), dtype).alias(name)
+                if name in ("tenant", "surface")
+                else pl.col(name)
+                for name, dtype in EVENT_SCHEMA.items()
+            ]
+        )
+        exposures.append(events.group_by("item_id").len("exposures"))
+        sink.write(events)
+        del events
+    written = sink.close()
     reasons = rejects.group_by("reason").len().sort("reason")
     counts = counts | {
-        "rows": events.height,
+        "rows": sink.rows,
         "rejects": rejects.height,
-        "duplicates": before - events.height,
-        **{count: _count([d[count] for d in distinct]) for count in _DISTINCT},
+        "duplicates": before - sink.rows,
+        **{count: values.count() for count, values in distinct.items()},
     }
     return CanonicalPartition(
-        events=events,
+        parquet=written,
+        content_hash=sha256_of(written),
         rejects=rejects,
         counts=counts,
         rejects_by_reason=dict(zip(reasons["reason"], reasons["len"], strict=True)),
+        top_items=_top_items(written, exposures),
+        buckets=buckets.count,
+        spilled_bytes=buckets.spilled_bytes,
+    )
+
+
+def _top_items(written: bytes | Path, exposures: list[pl.DataFrame]) -> pl.DataFrame:
+    """The most exposed items of the day with their distinct users: the exposures summed
+    over the buckets, then one pass over the written events for the users of those items."""
+    if not exposures:
+        return pl.DataFrame(schema=TOP_SCHEMA)
+    top = (
+        pl.concat(exposures)
+        .group_by("item_id")
+        .agg(pl.col("exposures").sum())
+        .sort(["exposures", "item_id"], descending=[True, False])
+        .head(PREVIEW_ROWS)
+    )
+    source = io.BytesIO(written) if isinstance(written, bytes) else written
+    users = (
+        pl.scan_parquet(source)
+        .select("item_id", "user_id")
+        .filter(pl.col("item_id").is_in(top["item_id"].implode()))
+        .group_by("item_id")
+        .agg(pl.col("user_id").drop_nulls().n_unique().alias("users"))
+        .collect()
+    )
+    return (
+        top.join(users, on="item_id", how="left", maintain_order="left")
+        .select("item_id", "exposures", pl.col("users").fill_null(0))
+        .cast(TOP_SCHEMA)
     )
 
 
@@ -334,25 +405,43 @@ def canonical_from_day_file(
     *,
     dedup_exact: bool = True,
     block_bytes: int = BLOCK_BYTES,
+    buckets: int = 1,
+    destination: Path | None = None,
+    spill_dir: str | None = None,
 ) -> CanonicalPartition:
     """A per-day file (bytes, or a stream read as it goes) belongs to its partition line by
     line.
 
-    Each block of lines is validated as soon as it is decoded, and only its typed events and
-    its rejects are kept.
+    Each block of lines is validated as soon as it is decoded; its typed events go to their
+    time bucket (`buckets` of them: more than one spills them to `spill_dir`), its rejects
+    and the distinct values of its ids are kept. The events are written to `destination`
+    (a local file), or to memory without one.
     """
     rules = _field_rules() + _partition_rules(partition)
-    blocks = map_blocks(
-        data, functools.partial(_check_day_block, rules=rules), block_bytes=block_bytes
-    )
-    lines = sum(block.lines for block in blocks)
-    blank = sum(block.blank_lines for block in blocks)
-    counts = {"lines": lines, "blank_lines": blank, "attributed_lines": lines - blank}
-    rejects = _concat([block.others for block in blocks], REJECT_SCHEMA)
-    distinct = [block.distinct for block in blocks]
-    events = [block.events for block in blocks]
-    del blocks  # the events list alone holds the events now
-    return _finish(partition, events, distinct, rejects, counts, dedup_exact)
+    start, _ = partition.window
+    held = TimeBuckets(_epoch_us(start), buckets, spill_dir)
+    distinct = {count: Distinct() for count in _DISTINCT}
+    lines = blank = 0
+    rejects = []
+    try:
+        check = functools.partial(_check_day_block, rules=rules)
+        for block in iter_blocks(data, check, block_bytes=block_bytes):
+            lines += block.lines
+            blank += block.blank_lines
+            rejects.append(block.others)
+            for count, values in block.distinct.items():
+                distinct[count].add(values)
+            held.add(block.events)
+            del block
+        counts = {"lines": lines, "blank_lines": blank, "attributed_lines": lines - blank}
+        rejected = _concat(rejects, REJECT_SCHEMA)
+        return _finish(partition, held, distinct, rejected, counts, dedup_exact, destination)
+    finally:
+        held.close()
+
+
+def _epoch_us(moment: dt.datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000
 
 
 def _check_day_block(block: DecodedLines, rules: list[Rule]) -> _Checked:
@@ -467,7 +556,11 @@ def _attribute_block(block: DecodedLines, rules: list[Rule], known: pl.DataFrame
 
 
 def canonical_from_flat_file(
-    attributed: AttributedLines, partition: Partition, *, dedup_exact: bool = True
+    attributed: AttributedLines,
+    partition: Partition,
+    *,
+    dedup_exact: bool = True,
+    destination: Path | None = None,
 ) -> CanonicalPartition:
     """The lines of a flat file that name this partition by tenant, surface and `ts`; the
     partition must be one of the tenant/surfaces the lines were attributed with."""
@@ -486,7 +579,13 @@ def canonical_from_flat_file(
         "attributed_lines": rows.height + rejects.height,
     }
     events = _events(rows)
-    return _finish(partition, [events], [_distinct(events)], rejects, counts, dedup_exact)
+    held = TimeBuckets(_epoch_us(partition.window[0]), 1)
+    held.add(events)
+    distinct = {count: Distinct() for count in _DISTINCT}
+    for count, values in _distinct(events).items():
+        distinct[count].add(values)
+    del events, rows
+    return _finish(partition, held, distinct, rejects, counts, dedup_exact, destination)
 
 
 def unattributed(attributed: AttributedLines) -> pl.DataFrame:
@@ -550,8 +649,8 @@ def with_source_rejects(result: CanonicalPartition, rejects: list[dict]) -> Cano
         "attributed_lines": result.counts["attributed_lines"] + len(rejects),
         "source_rejects": len(rejects),
     }
-    return CanonicalPartition(
-        events=result.events,
+    return dataclasses.replace(
+        result,
         rejects=combined,
         counts=counts,
         rejects_by_reason=dict(zip(reasons["reason"], reasons["len"], strict=True)),

@@ -257,18 +257,28 @@ def map_blocks(
     block_bytes: int = BLOCK_BYTES,
     workers: int = 3,
 ) -> list[T]:
+    """`iter_blocks` as a list: every block's result, in block order."""
+    return list(iter_blocks(source, check, block_bytes=block_bytes, workers=workers))
+
+
+def iter_blocks(
+    source: bytes | BinaryIO,
+    check: Callable[[DecodedLines], T],
+    *,
+    block_bytes: int = BLOCK_BYTES,
+    workers: int = 3,
+) -> Iterator[T]:
     """Decode JSON Lines (bytes, or a binary stream read as it goes) a block of lines (about
     `block_bytes`) at a time and map each block through `check`, `workers` blocks at once;
-    the results are in block order.
+    the results come in block order, as they are ready.
 
     A block and its scratch columns live only until `check` returns, so what stays in memory
-    is what `check` keeps. polars releases the GIL: while one block is in its Python steps
-    (the gate, cutting raw text) and this thread reads the next block, the others keep the
-    cores busy.
+    is what `check` keeps and the caller holds on to. polars releases the GIL: while one
+    block is in its Python steps (the gate, cutting raw text) and this thread reads the next
+    block, the others keep the cores busy.
     """
     if block_bytes < 1:
         raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
-    results: list[T] = []
     pending: deque[Future[T]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         try:
@@ -277,13 +287,13 @@ def map_blocks(
                 lines = block.count(b"\n") + (not block.endswith(b"\n"))
                 pending.append(pool.submit(_decode_and_check, block, first_line, lines, check))
                 while len(pending) > workers:  # bounds the blocks read but not yet decoded
-                    results.append(pending.popleft().result())
+                    yield pending.popleft().result()
                 first_line += lines
-            results.extend(future.result() for future in pending)
+            while pending:
+                yield pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()
-    return results
 
 
 def _blocks(source: bytes | BinaryIO, block_bytes: int) -> Iterator[bytes]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import orjson
 import polars as pl
@@ -15,6 +18,7 @@ from recsys_assets.events.canonical import (
     parquet_bytes,
     sha256_hex,
 )
+from recsys_assets.events.spill import sha256_of
 from recsys_assets.locations import LocationResource
 
 
@@ -54,9 +58,11 @@ class CanonicalStore(LocationResource):
         `RawInput.missing`), which the `source_present` guard tells from a day without events.
         """
         store = self.store()
-        events = parquet_bytes(canonical.events)
         rejects = ndjson_bytes(canonical.rejects)
-        store.write_bytes(exposures_key(partition), events)
+        if isinstance(canonical.parquet, bytes):
+            store.write_bytes(exposures_key(partition), canonical.parquet)
+        else:
+            store.write_file(exposures_key(partition), canonical.parquet)
         store.write_bytes(rejects_key(partition), rejects)
         marker = {
             "v": 1,
@@ -64,7 +70,7 @@ class CanonicalStore(LocationResource):
             "tenant": partition.tenant,
             "surface": partition.surface,
             "day": partition.day.isoformat(),
-            "content_hash": sha256_hex(events),
+            "content_hash": canonical.content_hash,
             "rejects_hash": sha256_hex(rejects),
             "source": source,
             "source_missing": source_missing,
@@ -99,6 +105,21 @@ class CanonicalStore(LocationResource):
             )
         events = pl.read_parquet(data, columns=columns)
         return events.cast({name: EVENT_SCHEMA[name] for name in events.columns}), marker
+
+    @contextmanager
+    def events_file(self, partition: Partition) -> Iterator[tuple[Path, dict]]:
+        """The partition's events as a local Parquet file checked against the marker's
+        content hash (a local store's own file, or a download), with the marker: for a
+        reader that scans the day a part at a time rather than loading it."""
+        marker = self.marker(partition)
+        if marker is None:
+            raise PartitionNotReady(f"canonical partition {partition} has no marker")
+        with self.store().local_file(exposures_key(partition)) as path:
+            if path is None or sha256_of(path) != marker["content_hash"]:
+                raise PartitionNotReady(
+                    f"canonical partition {partition}: exposures do not match the marker's hash"
+                )
+            yield path, marker
 
     def uri(self, key: str) -> str:
         return self.store().uri(key)

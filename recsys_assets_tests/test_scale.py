@@ -1,0 +1,128 @@
+"""A day bigger than memory is worked in pieces (SPEC §3; issue 18): canonical sorts it a
+time bucket at a time, spilling the others to disk, and daily_aggregates sums it a shard of
+sessions and of users at a time. The pieces must not show in any result."""
+
+import datetime as dt
+import io
+
+import dagster as dg
+import orjson
+import polars as pl
+import pytest
+
+from benchmarks.generate import generate
+from recsys_assets.aggregates.daily import AGGREGATE_KINDS, as_frame, daily_aggregates
+from recsys_assets.events import canonical as canon
+from recsys_assets.events import spill
+from recsys_assets.graph import build_definitions
+from recsys_assets.metadata import PREVIEW_ROWS
+from recsys_assets.runner import execute
+
+DAY = dt.date(2026, 1, 1)
+PARTITION = canon.Partition("demo", "home", DAY)
+KEY = "2026-01-01|demo__home"
+
+
+@pytest.fixture(scope="module")
+def raw_day(tmp_path_factory) -> bytes:
+    """A generated day with every kind of bad line, anonymous users and duplicates."""
+    root = tmp_path_factory.mktemp("scale")
+    generate(root, events=30_000, items=400, users=900, day=DAY, bad_fraction=0.03, seed=11)
+    return (root / "demo" / "home" / "exposure.2026-01-01.jsonl").read_bytes()
+
+
+def test_a_day_sorted_in_spilled_time_buckets_is_the_day_sorted_at_once(
+    raw_day, tmp_path, monkeypatch
+):
+    whole = canon.canonical_from_day_file(raw_day, PARTITION)
+    monkeypatch.setattr(spill, "SPILL_BUDGET_BYTES", 64 * 1024)  # spill every few blocks
+    monkeypatch.setattr(spill, "ROW_GROUP_ROWS", 4_000)  # row groups across buckets
+    folder = tmp_path / "spill"
+    folder.mkdir()
+    cut = canon.canonical_from_day_file(
+        raw_day, PARTITION, buckets=7, block_bytes=256 * 1024, spill_dir=str(folder)
+    )
+    monkeypatch.setattr(spill, "SPILL_BUDGET_BYTES", 1 << 40)
+    again = canon.canonical_from_day_file(raw_day, PARTITION, block_bytes=256 * 1024)
+
+    assert cut.buckets == 7 and cut.spilled_bytes > 0 and whole.spilled_bytes == 0
+    assert list(folder.iterdir()) == []  # the spill is removed once the day is written
+    assert cut.parquet == again.parquet  # the bytes do not depend on the buckets
+    assert cut.events.equals(whole.events)
+    assert cut.events["ts"].is_sorted()
+    assert cut.counts == whole.counts and cut.counts["duplicates"] > 0
+    assert cut.rejects.equals(whole.rejects) and cut.rejects.height > 0
+    assert cut.top_items.equals(whole.top_items)
+    top = whole.events.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+    assert whole.top_items["item_id"].to_list() == top["item_id"].head(PREVIEW_ROWS).to_list()
+
+
+def test_buckets_are_not_needed_to_be_full_or_balanced(tmp_path):
+    """A day whose events all fall in one hour leaves most buckets empty."""
+    lines = "".join(
+        f'{{"v":1,"ts":"2026-01-01T23:59:{i % 60:02d}Z","tenant":"demo","surface":"home",'
+        f'"session_id":"s{i % 7}","item_id":"i{i % 5}"}}\n'
+        for i in range(500)
+    ).encode()
+    result = canon.canonical_from_day_file(lines, PARTITION, buckets=24, destination=tmp_path / "x")
+    # (second, session, item) repeats every lcm(60, 7, 5) = 420 lines: 80 exact duplicates
+    assert (result.counts["rows"], result.counts["duplicates"]) == (420, 80)
+    assert result.parquet == tmp_path / "x"
+    assert pl.read_parquet(tmp_path / "x").equals(
+        canon.canonical_from_day_file(lines, PARTITION).events
+    )
+
+
+def test_aggregates_in_shards_are_the_day_aggregated_at_once(raw_day):
+    events = canon.canonical_from_day_file(raw_day, PARTITION)
+    assert events.events["user_id"].null_count() > 0  # anonymous events stay out of users
+    scan = pl.scan_parquet(io.BytesIO(events.parquet))
+    whole = daily_aggregates(scan, max_items_per_session=20, transition_window=4)
+    for shards in (2, 5):
+        parts = daily_aggregates(scan, max_items_per_session=20, transition_window=4, shards=shards)
+        for kind in AGGREGATE_KINDS:
+            assert as_frame(kind, parts[kind]).equals(as_frame(kind, whole[kind])), (shards, kind)
+    stats = whole["cooc_stats"].row(0, named=True)
+    assert stats["excluded_sessions"] > 0  # the crawler cut-off is per whole session
+
+
+def _outputs(config) -> tuple[dict, dict]:
+    """Content hashes of the canonical and aggregates markers, and the artifact versions."""
+    canonical = config.out_dir / "canonical" / "demo" / "home" / "markers"
+    exposures = orjson.loads((canonical / "exposures" / "2026-01-01.json").read_bytes())
+    aggregates = orjson.loads((canonical / "aggregates" / "2026-01-01.json").read_bytes())
+    versions = {
+        path.parent.parent.name: path.stem
+        for path in (config.out_dir / "artifacts" / "demo" / "home").glob("*/*/*.json")
+    }
+    hashes = {"exposures": exposures["content_hash"], **aggregates["content_hashes"]}
+    return hashes, versions
+
+
+def test_a_day_in_pieces_through_the_graph_gives_the_same_versions(
+    raw_day, make_config, write_day, instance, tmp_path
+):
+    write_day(raw_day)
+    limits = {
+        "max_bad_row_ratio": 0.1,
+        "max_items_per_session": 30,
+        "max_excluded_event_ratio": 0.9,
+    }
+    whole = make_config(limits=limits)
+    assert execute(build_definitions(whole), "recsys_daily", KEY, instance).success
+
+    folder = tmp_path / "spill"
+    folder.mkdir()
+    scale = {"bucket_bytes": len(raw_day) // 5, "shard_events": 8_000, "spill_dir": str(folder)}
+    cut = make_config(limits=limits, out_dir=str(tmp_path / "cut"), scale=scale)
+    outcome = execute(build_definitions(cut), "recsys_daily", KEY, instance)
+    assert outcome.success, outcome.messages
+
+    assert _outputs(cut) == _outputs(whole)
+    assert len(_outputs(whole)[1]) >= 4
+    assert list(folder.iterdir()) == []
+    canonical, aggregates = (
+        instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
+        for name in ("canonical_exposures", "daily_aggregates")
+    )
+    assert canonical["buckets"].value == 6 and aggregates["shards"].value >= 3
