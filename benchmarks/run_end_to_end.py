@@ -144,6 +144,7 @@ def run_once(args: argparse.Namespace, raw: Path, catalog: Path, cold: bool) -> 
         if proc.returncode != 0:
             raise SystemExit(f"recsys-assets run exited {proc.returncode}:\n{''.join(lines)}")
         steps, runs = event_log_steps(root / "dagster")
+        cut = pieces(root / "dagster")
         versions = artifact_versions(root / "out")
     wall = ended - started
     for step in steps:
@@ -158,6 +159,7 @@ def run_once(args: argparse.Namespace, raw: Path, catalog: Path, cold: bool) -> 
         "startup_s": round(first_run - started, 2),
         "between_steps_s": round(in_runs - stepped, 2),
         "between_runs_s": round(wall - (first_run - started) - in_runs, 2),
+        "pieces": cut,
         "versions": versions,
     }
 
@@ -186,6 +188,21 @@ def event_log_steps(home: Path) -> tuple[list[dict], list[dict]]:
             )
     steps.sort(key=lambda s: s["start"])
     return steps, runs
+
+
+def pieces(home: Path) -> dict[str, int]:
+    """How the day was cut (scale.*): canonical's time buckets and spilled bytes, and the
+    shards of daily_aggregates, from their materializations."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    wanted = {"canonical_exposures": ("buckets", "spilled_bytes"), "daily_aggregates": ("shards",)}
+    out = {}
+    for asset, names in wanted.items():
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata if event else {}
+        out.update({name: metadata[name].value for name in names if name in metadata})
+    return out
 
 
 def artifact_versions(out: Path) -> dict[str, str]:
@@ -218,6 +235,11 @@ def table(result: dict) -> list[str]:
     )
     lines.append(f"{'wall':<{width}}  {result['wall_s']:7.2f}  (rows above: {total:.2f})")
     lines.append(f"{'peak RSS, process tree':<{width}}  {result['peak_rss_mb']:5d} MiB")
+    cut = result.get("pieces", {})
+    if cut:
+        lines.append(
+            f"{'cut in (scale.*)':<{width}}  " + ", ".join(f"{k} {v:,}" for k, v in cut.items())
+        )
     return lines
 
 

@@ -99,13 +99,27 @@ from benchmarks.measure import report, stage  # noqa: E402
 from recsys_assets.config import ARTIFACT_TYPES, REPO_ROOT, parse_config  # noqa: E402
 from recsys_assets.graph import DAILY_JOB, build_definitions  # noqa: E402
 from recsys_assets.publish.assets import SENSOR_OVERLAP, check_keys  # noqa: E402
+from recsys_assets.quality.assets import quality_check_names  # noqa: E402
+
+QUALITY = "artifact_quality"
 
 DATA = Path(__file__).resolve().parent / ".data"
 START = dt.date(2025, 1, 1)
 SURFACE = "home"
 CATALOG = REPO_ROOT / "testdata/catalog/sample.csv"
 SPECIAL = ("failed", "unchecked", "partial", "stale", "backfill")
-CHECKS = [(t, key.name) for t in ARTIFACT_TYPES for key in check_keys(t)]
+# What a recsys_daily run leaves for the sensor: the five types, each with its checks, and
+# artifact_quality with every type's quality checks (publishing waits for both).
+ASSETS = (*ARTIFACT_TYPES, QUALITY)
+
+
+def _check_names(asset: str) -> list[str]:
+    if asset == QUALITY:
+        return [name for t in ARTIFACT_TYPES for name in quality_check_names(t)]
+    return [key.name for key in check_keys(asset)]
+
+
+CHECKS = [(asset, name) for asset in ASSETS for name in _check_names(asset)]
 FLUSH_EVENTS = 20_000
 
 # Placeholders in the templates; numbers where the serialized field is a number.
@@ -147,6 +161,7 @@ _TYPE_STATS: dict[str, dict[str, int | float]] = {
         "transition_items": 38_554,
         "transition_rows_written": 1000,
     },
+    QUALITY: {"next_item_cases": 20_000, "user_cases": 20_000, "types": 5, "seconds": 0.612},
 }
 
 
@@ -228,7 +243,9 @@ def _planned_event(kind: DagsterEventType, step: str, data: Any, message: str) -
 
 def materialization_template(artifact_type: str) -> Template:
     """Shaped like the artifact asset's MaterializeResult as a run stores it."""
-    upstream = "item_catalog" if artifact_type == "content_sim" else "daily_aggregates"
+    upstream = {"content_sim": "item_catalog", QUALITY: "popularity"}.get(
+        artifact_type, "daily_aggregates"
+    )
     metadata = {
         "enabled": True,
         "version": "@@VER@@",
@@ -277,6 +294,10 @@ def evaluation_template(artifact_type: str, check_name: str, passed: bool) -> Te
         )
         metadata: dict[str, Any] = {"bytes": 412_337, "problems": 0 if passed else 2}
         metadata["version"] = "@@VER@@"
+    elif artifact_type == QUALITY:
+        hr = 0.3101 if passed else 0.0412
+        description = f"HR@10 {hr:.4f} vs the popularity baseline 0.1203 on 20000 cases"
+        metadata = {"hr_at_10": hr, "baseline_hr_at_10": 0.1203, "cases": 20_000}
     else:
         ratio = 0.00283 if passed else 0.0712
         description = (
@@ -377,7 +398,7 @@ class Spec:
         return CHECKS[(i // self.every) % len(CHECKS)]
 
 
-_DB_KEYS = {t: dg.AssetKey(t).to_string() for t in ARTIFACT_TYPES}
+_DB_KEYS = {t: dg.AssetKey(t).to_string() for t in ASSETS}
 
 
 def _db_key(artifact_type: str) -> str:
@@ -411,7 +432,7 @@ class Scenario:
         return self.now
 
     def __post_init__(self) -> None:
-        for t in ARTIFACT_TYPES:
+        for t in ASSETS:
             self.templates["mat", t] = materialization_template(t)
             self.templates["mat_planned", t] = planned_materialization_template(t)
         for t, c in CHECKS:
@@ -428,8 +449,8 @@ class Scenario:
         t0: float,
         *,
         planned: bool,
-        built: tuple[str, ...] = ARTIFACT_TYPES,
-        checked: tuple[str, ...] = ARTIFACT_TYPES,
+        built: tuple[str, ...] = ASSETS,
+        checked: tuple[str, ...] = ASSETS,
         failing: tuple[str, str] | None = None,
     ) -> Iterator[Ev]:
         spec = self.spec
@@ -468,11 +489,11 @@ class Scenario:
             return ev
 
         if planned:
-            for t in ARTIFACT_TYPES:
+            for t in ASSETS:
                 yield emit("mat_planned", ("mat_planned", t), t, t)
             for t, c in CHECKS:
                 yield emit("check_planned", ("check_planned", t, c), t, f"{t}_checks", check_name=c)
-        for t in ARTIFACT_TYPES:
+        for t in ASSETS:
             if t in built:
                 version = hashlib.sha256(f"{seed}{t}".encode()).hexdigest()
                 values["VER"] = version
@@ -502,7 +523,7 @@ class Scenario:
         failing: tuple[str, str] | None = None,
     ) -> Iterator[Ev]:
         mat_id, mat_ts, version = self.mat_log[key][t]
-        for c in (k.name for k in check_keys(t)):
+        for c in _check_names(t):
             passed = failing != (t, c)
             now = self._tick()
             values.update(T=repr(now), MT=repr(mat_ts), MID=str(mat_id), VER=version)
@@ -546,10 +567,10 @@ class Scenario:
                 self.failed.add(key)
             elif category == "unchecked":
                 yield from self.run(day, i, 0, ts, planned=True, checked=())
-                self.incomplete[key] = (day, i, 0, ARTIFACT_TYPES, ())
+                self.incomplete[key] = (day, i, 0, ASSETS, ())
                 self.waiting.add(key)
             elif category == "partial":
-                built, checked = ARTIFACT_TYPES[:3], ARTIFACT_TYPES[:2]
+                built, checked = ASSETS[:3], ASSETS[:2]
                 yield from self.run(day, i, 0, ts, planned=True, built=built, checked=checked)
                 self.incomplete[key] = (day, i, 0, built, checked)
                 self.waiting.add(key)
@@ -580,7 +601,7 @@ class Scenario:
             run_id = _run_id(day, i, attempt)
             ts = _day_start(day + 1) + 7200 + i
             values = {"RUN": run_id, "PK": key}
-            for t in ARTIFACT_TYPES:
+            for t in ASSETS:
                 if t not in built:  # the same run goes on: one more type materialized
                     yield from self.run(day, i, attempt, ts, planned=False, built=(t,), checked=())
                     ts = self.now
@@ -593,7 +614,7 @@ class Scenario:
 
     def history_materializations(self, after: int, up_to: int) -> dict[str, int]:
         """Partition key -> newest artifact materialization id in (after, up_to] (history)."""
-        per_run = 5 + len(CHECKS)
+        per_run = len(ASSETS) + len(CHECKS)
         out: dict[str, int] = {}
         first = max(0, (after - 1) // per_run)
         last = min(self.spec.days * self.spec.tenants, (up_to - 1) // per_run + 1)
@@ -613,9 +634,9 @@ def _run_id(day: int, i: int, attempt: int) -> str:
 
 def _mat_offsets() -> list[int]:
     offsets, position = [], 0
-    for t in ARTIFACT_TYPES:
+    for t in ASSETS:
         offsets.append(position)
-        position += 1 + len(check_keys(t))
+        position += 1 + len(_check_names(t))
     return offsets
 
 
@@ -888,7 +909,7 @@ def judge(
 
 def steady_cursor(scenario: Scenario, after: int) -> dict:
     """The cursor an earlier tick that read up to `after` would have left."""
-    per_run, offsets = 5 + len(CHECKS), _mat_offsets()
+    per_run, offsets = len(ASSETS) + len(CHECKS), _mat_offsets()
 
     def is_mat(storage_id: int) -> bool:
         return (storage_id - 1) % per_run in offsets and storage_id <= scenario.history_end_id
@@ -930,13 +951,13 @@ def compare_storages(
     """Differences between the two instances, as the read APIs return them."""
     problems = []
     a, b = ref.event_log_storage, bulk.event_log_storage
-    all_check_keys = [k for t in ARTIFACT_TYPES for k in check_keys(t)]
+    all_check_keys = [dg.AssetCheckKey(dg.AssetKey(a), c) for a, c in CHECKS]
 
     def same(label: str, x: Any, y: Any) -> None:
         if x != y:
             problems.append(f"{label} differs")
 
-    for t in ARTIFACT_TYPES:
+    for t in ASSETS:
         asset = dg.AssetKey(t)
         records = [
             [
@@ -977,7 +998,7 @@ def compare_storages(
     same(
         "get_asset_records",
         *[
-            [r.asset_entry for r in s.get_asset_records([dg.AssetKey(t) for t in ARTIFACT_TYPES])]
+            [r.asset_entry for r in s.get_asset_records([dg.AssetKey(t) for t in ASSETS])]
             for s in (a, b)
         ],
     )
@@ -1179,7 +1200,7 @@ def measure_ticks(spec: Spec, manifest: dict, results: list, catchup_days: int) 
             )
             if catchup_days:
                 day = spec.days - catchup_days
-                after = day * spec.tenants * (5 + len(CHECKS))
+                after = day * spec.tenants * (len(ASSETS) + len(CHECKS))
                 back = scenario.history_materializations(after, manifest["history_end_id"])
                 want = expected_requests({k: v for k, v in back.items() if k not in waiting})
                 want |= want_fresh

@@ -188,8 +188,24 @@ class LocalStore(Store):
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[Path | None]:
+        # A hard link beside the file: a writer replacing the key meanwhile (os.replace)
+        # leaves this reader on the bytes it started with, at no copy.
         path = self._path(key)
-        yield path if path.exists() else None
+        fd, link = _temp_beside(path) if path.exists() else (None, None)
+        if fd is None:
+            yield None
+            return
+        os.close(fd)
+        os.unlink(link)
+        try:
+            os.link(path, link)
+        except FileNotFoundError:  # replaced or deleted between the check and the link
+            yield None
+            return
+        try:
+            yield Path(link)
+        finally:
+            Path(link).unlink(missing_ok=True)
 
     def write_bytes(self, key: str, data: bytes) -> bool:
         path = self._path(key)

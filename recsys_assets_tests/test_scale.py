@@ -126,3 +126,37 @@ def test_a_day_in_pieces_through_the_graph_gives_the_same_versions(
         for name in ("canonical_exposures", "daily_aggregates")
     )
     assert canonical["buckets"].value == 6 and aggregates["shards"].value >= 3
+
+
+class _BrokenStream(io.BytesIO):
+    """A source that fails part way, as a dropped connection would."""
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell() > len(self.getbuffer()) // 2:
+            raise OSError("connection reset by peer")
+        return super().read(size)
+
+
+def test_a_failure_part_way_leaves_no_spill_behind(raw_day, tmp_path, monkeypatch):
+    monkeypatch.setattr(spill, "SPILL_BUDGET_BYTES", 64 * 1024)
+    spilled = []
+    write_held = spill.TimeBuckets._write_held
+
+    def recorded(self):
+        write_held(self)
+        spilled.append(sorted(p.name for p in self._spill.iterdir()))
+
+    monkeypatch.setattr(spill.TimeBuckets, "_write_held", recorded)
+    folder = tmp_path / "spill"
+    folder.mkdir()
+    with pytest.raises(OSError, match="connection reset"):
+        canon.canonical_from_day_file(
+            _BrokenStream(raw_day),
+            PARTITION,
+            buckets=5,
+            block_bytes=128 * 1024,
+            spill_dir=str(folder),
+            destination=tmp_path / "day.parquet",
+        )
+    assert spilled and spilled[-1]  # buckets were on disk when the source failed
+    assert list(folder.iterdir()) == []

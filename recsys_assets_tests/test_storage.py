@@ -201,3 +201,32 @@ def test_endpoint_scheme_follows_use_ssl() -> None:
     assert endpoint_url(S3Connection(endpoint="minio:9000", use_ssl=False)) == "http://minio:9000"
     assert endpoint_url(S3Connection(endpoint="http://x:1")) == "http://x:1"
     assert endpoint_url(S3Connection()) is None
+
+
+def test_a_local_file_goes_in_whole_and_comes_back_as_a_local_file(
+    store: Store, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 40_000  # 10 MB: several parts of a copy, one S3 object
+    source = tmp_path / "day.parquet"
+    source.write_bytes(data)
+    store.write_file("t/s/exposures/2026-01-01.parquet", source)
+    assert store.read_bytes("t/s/exposures/2026-01-01.parquet") == data
+    with store.local_file("t/s/exposures/2026-01-01.parquet") as path:
+        assert path is not None and path.read_bytes() == data
+        store.write_bytes("t/s/exposures/2026-01-01.parquet", b"a newer day")
+        assert path.read_bytes() == data  # a reader keeps the bytes it started with
+    assert store.list_keys("t") == ["t/s/exposures/2026-01-01.parquet"]  # nothing left over
+    store.write_file("t/s/exposures/2026-01-01.parquet", _again(source, data))
+    with store.local_file("t/s/exposures/2026-01-02.parquet") as path:
+        assert path is None
+    if isinstance(store, LocalStore):  # the same bytes again: the file is left as it was
+        target = store.root / "t/s/exposures/2026-01-01.parquet"
+        before = target.stat().st_mtime_ns
+        source.write_bytes(data)
+        store.write_file("t/s/exposures/2026-01-01.parquet", source)
+        assert target.stat().st_mtime_ns == before
+
+
+def _again(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -31,7 +32,7 @@ from recsys_assets.events.parse import (
     iter_blocks,
     map_blocks,
 )
-from recsys_assets.events.spill import Distinct, ParquetSink, TimeBuckets, sha256_of
+from recsys_assets.events.spill import Distinct, TimeBuckets, sha256_of, write_parquet
 from recsys_assets.metadata import PREVIEW_ROWS
 
 EVENT_SCHEMA = {
@@ -269,10 +270,6 @@ def _distinct(events: pl.DataFrame) -> dict[str, pl.Series]:
     }
 
 
-# The columns of a day whose values repeat (dictionary-encoded in its Parquet file).
-_REPEATING = ["tenant", "surface", "item_id", "user_id", "session_id"]
-
-
 def _finish(
     partition: Partition,
     buckets: TimeBuckets,
@@ -289,43 +286,46 @@ def _finish(
     Exact duplicates share their `ts`, so they fall in one bucket; and buckets are spans of
     time, so the buckets sorted one after the other are the day sorted.
     """
-    sink = ParquetSink(EVENT_SCHEMA, destination, dictionary=_REPEATING)
-    before = 0
-    exposures = []
-    for index in range(buckets.count):
-        events = buckets.take(index)
-        if events is None:
-            continue
-        before += events.height
-        order = _order(events, dedup_exact)
-        columns = events.get_columns()
-        del events  # the columns alone hold the unsorted events, each let go of once sorted
-        events = _gathered(columns, order).select(
-            [
-                pl.lit(getattr(partition, name), dtype).alias(name)
-                if name in ("tenant", "surface")
-                else pl.col(name)
-                for name, dtype in EVENT_SCHEMA.items()
-            ]
-        )
-        exposures.append(events.group_by("item_id").len("exposures"))
-        sink.write(events)
-        del events
-    written = sink.close()
+    written = {"before": 0, "rows": 0}
+    exposures: list[pl.DataFrame] = []
+
+    def sorted_buckets() -> Iterator[pl.DataFrame]:
+        for index in range(buckets.count):
+            events = buckets.take(index)
+            if events is None:
+                continue
+            written["before"] += events.height
+            order = _order(events, dedup_exact)
+            columns = events.get_columns()
+            del events  # the columns alone hold the unsorted events, let go of once sorted
+            events = _gathered(columns, order).select(
+                [
+                    pl.lit(getattr(partition, name), dtype).alias(name)
+                    if name in ("tenant", "surface")
+                    else pl.col(name)
+                    for name, dtype in EVENT_SCHEMA.items()
+                ]
+            )
+            written["rows"] += events.height
+            exposures.append(events.group_by("item_id").len("exposures"))
+            yield events
+            del events
+
+    parquet = write_parquet(sorted_buckets(), EVENT_SCHEMA, destination)
     reasons = rejects.group_by("reason").len().sort("reason")
     counts = counts | {
-        "rows": sink.rows,
+        "rows": written["rows"],
         "rejects": rejects.height,
-        "duplicates": before - sink.rows,
+        "duplicates": written["before"] - written["rows"],
         **{count: values.count() for count, values in distinct.items()},
     }
     return CanonicalPartition(
-        parquet=written,
-        content_hash=sha256_of(written),
+        parquet=parquet,
+        content_hash=sha256_of(parquet),
         rejects=rejects,
         counts=counts,
         rejects_by_reason=dict(zip(reasons["reason"], reasons["len"], strict=True)),
-        top_items=_top_items(written, exposures),
+        top_items=_top_items(parquet, exposures),
         buckets=buckets.count,
         spilled_bytes=buckets.spilled_bytes,
     )

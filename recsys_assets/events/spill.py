@@ -17,11 +17,11 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 DAY_US = 86_400_000_000
 # Rows held in memory across buckets before they are written to the spill folder.
@@ -143,59 +143,27 @@ class Distinct:
         return 0 if self._seen is None else self._seen.len()
 
 
-class ParquetSink:
-    """Frames of one schema written into one Parquet file (or, without `path`, into memory)
-    in row groups of `ROW_GROUP_ROWS` rows, whatever the frames' sizes; `dictionary` names
-    the columns dictionary-encoded (default: all)."""
+def write_parquet(
+    frames: Iterator[pl.DataFrame], schema: dict[str, pl.DataType], path: Path | None = None
+) -> bytes | Path:
+    """Frames of `schema`, made one at a time, written as one Parquet file at `path` (or into
+    memory: its bytes) in row groups of `ROW_GROUP_ROWS` rows whatever the frames' sizes, so
+    that the bytes depend on the rows alone. polars' streaming sink pulls the frames from
+    the iterator as it writes, so only the frame being written is held."""
 
-    def __init__(
-        self,
-        schema: dict[str, pl.DataType],
-        path: Path | None = None,
-        dictionary: list[str] | None = None,
-    ) -> None:
-        self.path = path
-        self._buffer = io.BytesIO() if path is None else None
-        self._schema = pl.DataFrame(schema=schema).to_arrow(compat_level=pl.CompatLevel.oldest())
-        self._schema = self._schema.schema
-        self._writer = pq.ParquetWriter(
-            self._buffer if path is None else str(path),
-            self._schema,
-            compression="zstd",
-            compression_level=3,
-            write_statistics=True,
-            # dictionary pages only where values repeat: a column of near-unique values
-            # (times, request ids) costs its encoding time for nothing
-            use_dictionary=True if dictionary is None else dictionary,
-        )
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self.rows = 0
+    def source(with_columns, predicate, n_rows, batch_size):  # noqa: ARG001 (none are pushed)
+        for frame in frames:
+            yield frame if with_columns is None else frame.select(with_columns)
 
-    def write(self, frame: pl.DataFrame) -> None:
-        # A row group's worth at a time: only that much is held twice, as Arrow.
-        for offset in range(0, frame.height, ROW_GROUP_ROWS):
-            part = frame.slice(offset, ROW_GROUP_ROWS)
-            table = part.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(self._schema)
-            self._pending.append(table)
-            self._pending_rows += table.num_rows
-            self.rows += table.num_rows
-            while self._pending_rows >= ROW_GROUP_ROWS:
-                self._flush(ROW_GROUP_ROWS)
-
-    def _flush(self, rows: int) -> None:
-        table = pa.concat_tables(self._pending)
-        self._writer.write_table(table.slice(0, rows), row_group_size=rows)
-        rest = table.slice(rows)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-
-    def close(self) -> bytes | Path:
-        """Finish the file; its bytes when written to memory, else its path."""
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        self._writer.close()
-        return self._buffer.getvalue() if self._buffer is not None else self.path
+    target = io.BytesIO() if path is None else path
+    register_io_source(io_source=source, schema=schema).sink_parquet(
+        target,
+        compression="zstd",
+        compression_level=3,
+        statistics=True,
+        row_group_size=ROW_GROUP_ROWS,
+    )
+    return target.getvalue() if path is None else path
 
 
 def sha256_of(data: bytes | Path) -> str:
