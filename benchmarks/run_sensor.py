@@ -3,13 +3,15 @@ whether the run requests are the right ones.
 
     .venv/bin/python benchmarks/run_sensor.py [--tenants 1000] [--days 365] [--json out.json]
 
-The history (built once, cached under benchmarks/.data/sensor-<N>x<D>/, git-ignored; at
-1000 x 365 it is 4.0M events, 25 GB, built in about 6.5 minutes on 2 cores) is a Dagster
-instance configured like the repository's dagster.yaml (SQLite storage, run-sharded event
-log) whose index shard holds, for each of N tenant/surfaces x D days from 2025-01-01, what a
-`recsys_daily` run leaves there for the five artifact assets: one materialization per type
-(with its indexed tags) and the blocking check evaluations popularity:valid, cooc:valid,
-cooc:excluded_event_ratio, implicit:valid, content_sim:valid and session_seq:valid, each
+The history (built once, cached under benchmarks/.data/sensor-<N>x<D>/, git-ignored; 26
+events and about 200 KB a partition: 1000 x 180 is 4.7M events, 36 GB, built in about 6
+minutes on 2 cores, and 1000 x 365 would be 73 GB) is a Dagster instance configured like
+the repository's dagster.yaml (SQLite storage, run-sharded event log) whose index shard
+holds, for each of N tenant/surfaces x D days from 2025-01-01, what a `recsys_daily` run
+leaves there for the assets the sensor watches: one materialization per artifact type and
+of artifact_quality (with their indexed tags), and the blocking check evaluations of each
+(every type's `valid` and `no_collapse`, cooc's `excluded_event_ratio`, and the quality
+checks `<type>_beats_baseline` / `<type>_no_regression` on artifact_quality), each
 targeting that materialization. Then the next day arrives for all N as runs write it
 (planned materializations and checks, then materializations and evaluations); in each
 block of `--every` tenant/surfaces one is each of:
