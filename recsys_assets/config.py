@@ -338,6 +338,14 @@ class Scale(_Model):
     `$TMPDIR`)."""
 
 
+def scratch_dir(config: AppConfig) -> str | None:
+    """`scale.spill_dir`, created when missing (None: the system temp folder)."""
+    folder = config.scale.spill_dir
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 class AppConfig(_Model):
     start_date: dt.date
     """First partition day (YYYY-MM-DD)."""

@@ -72,14 +72,15 @@ class Store(ABC):
             self.write_parts(key, iter(functools.partial(handle.read, _FILE_PART), b""))
 
     @contextmanager
-    def local_file(self, key: str) -> Iterator[Path | None]:
+    def local_file(self, key: str, scratch: str | None = None) -> Iterator[Path | None]:
         """The object as a local file for the time of the `with` (None when it does not
-        exist): a local store's own file, or a temporary download."""
+        exist): a local store's own file, or a temporary download under `scratch` (default
+        the system temp folder)."""
         data = self.read_bytes(key)
         if data is None:
             yield None
             return
-        with tempfile.TemporaryDirectory(prefix="recsys-object-") as folder:
+        with tempfile.TemporaryDirectory(prefix="recsys-object-", dir=scratch) as folder:
             path = Path(folder) / Path(key).name
             path.write_bytes(data)
             del data
@@ -187,7 +188,7 @@ class LocalStore(Store):
         os.replace(path, target)
 
     @contextmanager
-    def local_file(self, key: str) -> Iterator[Path | None]:
+    def local_file(self, key: str, scratch: str | None = None) -> Iterator[Path | None]:
         # A hard link beside the file: a writer replacing the key meanwhile (os.replace)
         # leaves this reader on the bytes it started with, at no copy.
         path = self._path(key)
@@ -440,11 +441,11 @@ class S3Store(Store):
         self._client.upload_file(str(path), self.bucket, self._key(key))
 
     @contextmanager
-    def local_file(self, key: str) -> Iterator[Path | None]:
+    def local_file(self, key: str, scratch: str | None = None) -> Iterator[Path | None]:
         if self._head(key) is None:
             yield None
             return
-        with tempfile.TemporaryDirectory(prefix="recsys-object-") as folder:
+        with tempfile.TemporaryDirectory(prefix="recsys-object-", dir=scratch) as folder:
             path = Path(folder) / Path(key).name
             self._client.download_file(self.bucket, self._key(key), str(path))
             yield path

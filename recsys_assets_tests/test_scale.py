@@ -111,8 +111,7 @@ def test_a_day_in_pieces_through_the_graph_gives_the_same_versions(
     whole = make_config(limits=limits)
     assert execute(build_definitions(whole), "recsys_daily", KEY, instance).success
 
-    folder = tmp_path / "spill"
-    folder.mkdir()
+    folder = tmp_path / "spill"  # made when missing
     scale = {"bucket_bytes": len(raw_day) // 5, "shard_events": 8_000, "spill_dir": str(folder)}
     cut = make_config(limits=limits, out_dir=str(tmp_path / "cut"), scale=scale)
     outcome = execute(build_definitions(cut), "recsys_daily", KEY, instance)

@@ -9,7 +9,7 @@ import polars as pl
 from recsys_assets.aggregates.daily import EVENT_COLUMNS, daily_aggregates
 from recsys_assets.aggregates.store import write_aggregates
 from recsys_assets.aggregates.window import aggregate_params
-from recsys_assets.config import AppConfig
+from recsys_assets.config import AppConfig, scratch_dir
 from recsys_assets.events.assets import CANONICAL
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import parse_partition_key
@@ -35,7 +35,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         entry = config.tenant(partition.tenant, partition.surface)
         started = time.perf_counter()
         params = aggregate_params(config, entry)
-        with canonical_store.events_file(partition) as (path, marker):
+        with canonical_store.events_file(partition, scratch_dir(config)) as (path, marker):
             events = marker["counts"]["rows"]
             shards = math.ceil(events / config.scale.shard_events) or 1
             if shards > 1:

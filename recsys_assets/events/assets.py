@@ -8,7 +8,7 @@ from typing import BinaryIO
 import dagster as dg
 import polars as pl
 
-from recsys_assets.config import AppConfig
+from recsys_assets.config import AppConfig, scratch_dir
 from recsys_assets.events import canonical as canon
 from recsys_assets.events.checks import CANONICAL_CHECKS, canonical_guards
 from recsys_assets.events.sources import RawEventSource, RawInput
@@ -40,7 +40,7 @@ def build_canonical_partition(
             dedup_exact=config.dedup_exact,
             buckets=buckets,
             destination=destination,
-            spill_dir=config.scale.spill_dir,
+            spill_dir=scratch_dir(config),
         )
         return result, None
     known = {(t.tenant, t.surface) for t in config.tenants}
@@ -82,7 +82,7 @@ def canonical_asset(
                 f"{config.scale.spill_dir or tempfile.gettempdir()}"
             )
         with tempfile.TemporaryDirectory(
-            prefix="recsys-canonical-", dir=config.scale.spill_dir
+            prefix="recsys-canonical-", dir=scratch_dir(config)
         ) as scratch:
             with raw.open() as stream:
                 result, orphans = build_canonical_partition(

@@ -1,5 +1,5 @@
 """Working on a day bigger than memory: time buckets spilled to disk, distinct counts kept
-compact, and canonical events written to Parquet a row group at a time.
+compact, and canonical events written to one Parquet file as the sorted buckets come.
 
 A day's events are routed, block by block as they are parsed, into buckets of equal time
 spans; with more than one bucket, a bucket's rows go to an Arrow IPC file under a spill

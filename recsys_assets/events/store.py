@@ -107,14 +107,16 @@ class CanonicalStore(LocationResource):
         return events.cast({name: EVENT_SCHEMA[name] for name in events.columns}), marker
 
     @contextmanager
-    def events_file(self, partition: Partition) -> Iterator[tuple[Path, dict]]:
+    def events_file(
+        self, partition: Partition, scratch: str | None = None
+    ) -> Iterator[tuple[Path, dict]]:
         """The partition's events as a local Parquet file checked against the marker's
-        content hash (a local store's own file, or a download), with the marker: for a
-        reader that scans the day a part at a time rather than loading it."""
+        content hash (a local store's own file, or a download under `scratch`), with the
+        marker: for a reader that scans the day a part at a time rather than loading it."""
         marker = self.marker(partition)
         if marker is None:
             raise PartitionNotReady(f"canonical partition {partition} has no marker")
-        with self.store().local_file(exposures_key(partition)) as path:
+        with self.store().local_file(exposures_key(partition), scratch) as path:
             if path is None or sha256_of(path) != marker["content_hash"]:
                 raise PartitionNotReady(
                     f"canonical partition {partition}: exposures do not match the marker's hash"
