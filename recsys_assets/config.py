@@ -542,6 +542,9 @@ def _resolve_paths(config: AppConfig, root: Path) -> AppConfig:
             "checkpoint_dir": resolve_location(config.checkpoint_dir),
             "registry_dir": resolve_location(config.registry_dir),
             "catalog": Catalog(path=resolve(config.catalog.path)) if config.catalog else None,
+            "scale": config.scale.model_copy(
+                update={"spill_dir": resolve_location(config.scale.spill_dir)}
+            ),
         }
     )
 

@@ -159,3 +159,10 @@ def test_a_failure_part_way_leaves_no_spill_behind(raw_day, tmp_path, monkeypatc
         )
     assert spilled and spilled[-1]  # buckets were on disk when the source failed
     assert list(folder.iterdir()) == []
+
+
+def test_scale_settings_are_checked_and_the_spill_folder_resolves(make_config, tmp_path):
+    config = make_config(scale={"spill_dir": "scratch/spill"})
+    assert config.scale.spill_dir == str(tmp_path / "scratch" / "spill")
+    with pytest.raises(ValueError, match=r"scale\.shard_events"):
+        make_config(scale={"shard_events": 0})
