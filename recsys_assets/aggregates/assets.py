@@ -1,6 +1,5 @@
 """The `daily_aggregates` asset: one day's partial aggregates, from its canonical partition."""
 
-import math
 import time
 
 import dagster as dg
@@ -11,6 +10,7 @@ from recsys_assets.aggregates.store import write_aggregates
 from recsys_assets.aggregates.window import aggregate_params
 from recsys_assets.config import AppConfig, scratch_dir
 from recsys_assets.events.assets import CANONICAL
+from recsys_assets.events.spill import bucket_count
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import parse_partition_key
 
@@ -37,7 +37,7 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         params = aggregate_params(config, entry)
         with canonical_store.events_file(partition, scratch_dir(config)) as (path, marker):
             events = marker["counts"]["rows"]
-            shards = math.ceil(events / config.scale.shard_events) or 1
+            shards = bucket_count(events, config.scale.shard_events)
             if shards > 1:
                 context.log.info(
                     f"{partition}: aggregating {events:,} events in {shards} shards of "

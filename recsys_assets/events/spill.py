@@ -32,7 +32,8 @@ ROW_GROUP_ROWS = 1 << 19
 
 
 def bucket_count(size_bytes: int | None, bucket_bytes: int) -> int:
-    """How many time buckets a day of `size_bytes` of input needs (1 when unknown)."""
+    """How many pieces of at most `bucket_bytes` a day of `size_bytes` needs (1 when
+    unknown): canonical's time buckets (raw bytes), daily_aggregates' shards (events)."""
     if not size_bytes or size_bytes <= bucket_bytes:
         return 1
     return math.ceil(size_bytes / bucket_bytes)
