@@ -11,9 +11,13 @@ import polars as pl
 import pytest
 
 from benchmarks.generate import generate
+from recsys_assets.aggregates import store as store_module
 from recsys_assets.aggregates.daily import AGGREGATE_KINDS, as_frame, daily_aggregates
+from recsys_assets.aggregates.store import aggregate_partition, write_aggregates
+from recsys_assets.aggregates.window import aggregate_params, load_window
 from recsys_assets.events import canonical as canon
 from recsys_assets.events import spill
+from recsys_assets.events.store import CanonicalStore, exposures_key
 from recsys_assets.graph import build_definitions
 from recsys_assets.metadata import PREVIEW_ROWS
 from recsys_assets.runner import execute
@@ -84,6 +88,38 @@ def test_aggregates_in_shards_are_the_day_aggregated_at_once(raw_day):
             assert as_frame(kind, parts[kind]).equals(as_frame(kind, whole[kind])), (shards, kind)
     stats = whole["cooc_stats"].row(0, named=True)
     assert stats["excluded_sessions"] > 0  # the crawler cut-off is per whole session
+
+
+def test_a_day_re_aggregated_for_a_window_is_worked_in_shards(raw_day, make_config, monkeypatch):
+    """A window over a day aggregated under other parameters re-aggregates it from its
+    canonical file, cut into shards as the asset cuts it, and sums what the asset would."""
+    before = make_config(limits={"max_items_per_session": 30})
+    store = CanonicalStore(location=str(before.out_dir))
+    store.write(PARTITION, canon.canonical_from_day_file(raw_day, PARTITION), "test")
+    entry = before.tenants[0]
+    old = aggregate_params(before, entry)
+    day = aggregate_partition(store, PARTITION, old, before.scale.shard_events)
+    assert day.shards == 1
+    write_aggregates(store, PARTITION, day.aggregates, old, day.canonical["content_hash"])
+
+    after = make_config(limits={"max_items_per_session": 12}, scale={"shard_events": 7_000})
+    cuts = []
+    real = store_module.daily_aggregates
+    monkeypatch.setattr(
+        store_module,
+        "daily_aggregates",
+        lambda *args, shards, **kwargs: cuts.append(shards) or real(*args, shards=shards, **kwargs),
+    )
+    data = load_window(store, after, entry, DAY, 1, list(AGGREGATE_KINDS))
+    assert data.days_recomputed == [DAY]
+    assert len(cuts) == 1 and cuts[0] == -(-day.canonical["counts"]["rows"] // 7_000) >= 3
+    expected = daily_aggregates(
+        pl.scan_parquet(io.BytesIO(store.store().read_bytes(exposures_key(PARTITION)))),
+        **aggregate_params(after, entry),
+    )
+    for kind in AGGREGATE_KINDS:
+        assert as_frame(kind, data.frames[kind]).equals(as_frame(kind, expected[kind])), kind
+    assert data.frames["cooc_stats"]["excluded_sessions"].item() > 0  # the new cut-off
 
 
 def _outputs(config) -> tuple[dict, dict]:

@@ -3,14 +3,11 @@
 import time
 
 import dagster as dg
-import polars as pl
 
-from recsys_assets.aggregates.daily import EVENT_COLUMNS, daily_aggregates
-from recsys_assets.aggregates.store import write_aggregates
+from recsys_assets.aggregates.store import aggregate_partition, write_aggregates
 from recsys_assets.aggregates.window import aggregate_params
 from recsys_assets.config import AppConfig, scratch_dir
 from recsys_assets.events.assets import CANONICAL
-from recsys_assets.events.spill import bucket_count
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.partitions import parse_partition_key
 
@@ -35,22 +32,18 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
         entry = config.tenant(partition.tenant, partition.surface)
         started = time.perf_counter()
         params = aggregate_params(config, entry)
-        with canonical_store.events_file(partition, scratch_dir(config)) as (path, marker):
-            events = marker["counts"]["rows"]
-            shards = bucket_count(events, config.scale.shard_events)
-            if shards > 1:
-                context.log.info(
-                    f"{partition}: aggregating {events:,} events in {shards} shards of "
-                    f"sessions and of users (scale.shard_events {config.scale.shard_events:,})"
-                )
-            frames = daily_aggregates(
-                pl.scan_parquet(path).select(EVENT_COLUMNS), **params, shards=shards
-            )
-        written = write_aggregates(
-            canonical_store, partition, frames, params, marker["content_hash"]
+        day = aggregate_partition(
+            canonical_store,
+            partition,
+            params,
+            config.scale.shard_events,
+            scratch_dir(config),
+            log=context.log.info,
         )
+        source_hash, events = day.canonical["content_hash"], day.canonical["counts"]["rows"]
+        written = write_aggregates(canonical_store, partition, day.aggregates, params, source_hash)
         seconds = time.perf_counter() - started
-        stats = frames["cooc_stats"].row(0, named=True)
+        stats = day.aggregates["cooc_stats"].row(0, named=True)
         context.log.info(
             f"{partition.tenant}/{partition.surface} {partition.day}: aggregated "
             f"{events:,} events in {seconds:.2f}s"
@@ -61,11 +54,11 @@ def aggregates_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition)
                 **{f"rows_{kind}": dg.MetadataValue.int(n) for kind, n in written["rows"].items()},
                 **{f"cooc_{k}": dg.MetadataValue.int(int(v)) for k, v in stats.items()},
                 "params": dg.MetadataValue.json(params),
-                "shards": shards,
+                "shards": day.shards,
                 "ids": dg.MetadataValue.json(
                     {space: segments for space, (segments, _) in written["ids"].items()}
                 ),
-                "source_hash": marker["content_hash"],
+                "source_hash": source_hash,
                 "seconds": dg.MetadataValue.float(round(seconds, 3)),
             }
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,16 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys_assets.aggregates.coded import Coded, csr, grown, in_id_order, positions, reordered
-from recsys_assets.aggregates.daily import PAIR_KINDS, PAIR_SPACES, Aggregate
+from recsys_assets.aggregates.daily import (
+    EVENT_COLUMNS,
+    PAIR_KINDS,
+    PAIR_SPACES,
+    Aggregate,
+    daily_aggregates,
+)
 from recsys_assets.aggregates.ids import IdIndex, id_index
 from recsys_assets.events.canonical import Partition, parquet_bytes, sha256_hex
+from recsys_assets.events.spill import bucket_count
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady, marker_key
 
 
@@ -119,6 +127,43 @@ def read_entries(data: bytes, shape: tuple[int, int]) -> sp.csr_matrix:
     indptr = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
     return csr(frame["value"].to_numpy(), frame["column"].to_numpy(), indptr, shape[1])
+
+
+@dataclass(frozen=True)
+class DayAggregation:
+    """A day aggregated from its canonical partition: the aggregates, the canonical marker
+    they come from, and the number of shards the day was worked in."""
+
+    aggregates: dict[str, Aggregate]
+    canonical: dict
+    shards: int
+
+
+def aggregate_partition(
+    canonical: CanonicalStore,
+    partition: Partition,
+    params: dict[str, int],
+    shard_events: int,
+    scratch: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DayAggregation:
+    """Aggregate a canonical partition a shard at a time: the day's file is scanned (a local
+    store's own file, or a download under `scratch`), never loaded whole, and cut into one
+    shard per `shard_events` events (`daily_aggregates`; the result does not depend on it).
+    `log` hears how a day of more than one shard is cut. Raises PartitionNotReady when the
+    partition is absent or does not match its marker."""
+    with canonical.events_file(partition, scratch) as (path, marker):
+        events = marker["counts"]["rows"]
+        shards = bucket_count(events, shard_events)
+        if shards > 1 and log is not None:
+            log(
+                f"{partition}: aggregating {events:,} events in {shards} shards of sessions "
+                f"and of users (scale.shard_events {shard_events:,})"
+            )
+        aggregates = daily_aggregates(
+            pl.scan_parquet(path).select(EVENT_COLUMNS), **params, shards=shards
+        )
+    return DayAggregation(aggregates, marker, shards)
 
 
 def write_aggregates(

@@ -43,23 +43,18 @@ import scipy.sparse as sp
 import xxhash
 
 from recsys_assets.aggregates.coded import Coded, grown, in_id_order
-from recsys_assets.aggregates.daily import (
-    EVENT_COLUMNS,
-    PAIR_KINDS,
-    Aggregate,
-    daily_aggregates,
-    merge_aggregates,
-)
+from recsys_assets.aggregates.daily import PAIR_KINDS, Aggregate, merge_aggregates
 from recsys_assets.aggregates.ids import IdIndex
 from recsys_assets.aggregates.store import (
     PAIR_SPACES,
+    aggregate_partition,
     coded_against_current,
     encode_days,
     in_id_space,
     indexes,
     read_day,
 )
-from recsys_assets.config import AppConfig, TenantSurface
+from recsys_assets.config import AppConfig, TenantSurface, scratch_dir
 from recsys_assets.events.canonical import Partition
 from recsys_assets.events.store import CanonicalStore, PartitionNotReady, day_range
 from recsys_assets.storage import Store
@@ -121,8 +116,9 @@ def load_window(
     """Sum the window's daily aggregates; a missing day is listed, never an error.
 
     A day aggregated under other parameters (e.g. a changed `max_items_per_session`) or
-    coded against an id space that changed is re-aggregated from its canonical partition in
-    memory, so an artifact never mixes rules; such a window is summed afresh and not kept.
+    coded against an id space that changed is re-aggregated from its canonical partition (a
+    shard at a time, as the asset does), so an artifact never mixes rules; such a window is
+    summed afresh and not kept.
     """
     start, end = window_bounds(day, window_days)
     params = aggregate_params(config, entry)
@@ -140,12 +136,14 @@ def load_window(
             marker["params"] != params or not coded_against_current(marker, spaces)
         ):
             try:
-                events, canonical = store.read_events(partition, columns=EVENT_COLUMNS)
+                again = aggregate_partition(
+                    store, partition, params, config.scale.shard_events, scratch_dir(config)
+                )
             except PartitionNotReady:
                 marker = None
             else:
-                recomputed[current] = daily_aggregates(events, **params)
-                source_hash = canonical["content_hash"]
+                recomputed[current] = again.aggregates
+                source_hash = again.canonical["content_hash"]
         if marker is None:
             missing.append(current)
             continue
