@@ -227,3 +227,19 @@ def test_too_few_cases_pass_as_skipped_with_the_reason(make_config, three_days, 
     assert evaluation.passed and evaluation.metadata["skipped"].value is True
     assert evaluation.description.startswith("skipped: ")
     assert "cases < quality.min_cases 100000" in evaluation.description
+
+
+def test_a_held_out_day_read_in_parts_scores_the_same(make_config, three_days, instance, tmp_path):
+    """A held-out day past scale.shard_events is sampled a part at a time: the same cases,
+    so the same report, and the samples stay within max_cases and max_users."""
+    quality = {"min_cases": 20, "max_cases": 300, "max_users": 15}
+    reports = []
+    for name, scale in (("whole", {}), ("cut", {"shard_events": 100})):
+        config = make_config(quality=quality, scale=scale, out_dir=str(tmp_path / name))
+        published_days(config, instance)
+        path = config.out_dir / "artifacts/demo/home/quality/2026-01-02.json"
+        reports.append(orjson.loads(path.read_bytes()))
+    whole, cut = reports
+    assert cut == whole
+    assert 200 < whole["cases"]["next_item"] <= 300
+    assert 0 < whole["cases"]["user_1d"] <= 15

@@ -20,6 +20,7 @@ from recsys_assets.events import spill
 from recsys_assets.events.store import CanonicalStore, exposures_key
 from recsys_assets.graph import build_definitions
 from recsys_assets.metadata import PREVIEW_ROWS
+from recsys_assets.quality import evaluate as ev
 from recsys_assets.runner import execute
 
 DAY = dt.date(2026, 1, 1)
@@ -88,6 +89,32 @@ def test_aggregates_in_shards_are_the_day_aggregated_at_once(raw_day):
             assert as_frame(kind, parts[kind]).equals(as_frame(kind, whole[kind])), (shards, kind)
     stats = whole["cooc_stats"].row(0, named=True)
     assert stats["excluded_sessions"] > 0  # the crawler cut-off is per whole session
+
+
+def test_quality_cases_sampled_in_parts_are_the_day_sampled_at_once(raw_day):
+    """The held-out day's cases (artifact_quality) read a part of the sampling hash at a
+    time are the cases of the whole day: the same sessions and users, the same order."""
+    events = canon.canonical_from_day_file(raw_day, PARTITION)
+    scan = pl.scan_parquet(io.BytesIO(events.parquet))
+    history = (
+        events.events.filter(pl.col("user_id").is_not_null() & (pl.col("rank") % 3 == 0))
+        .select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"))
+        .unique()
+    )
+    pairs = ev.next_item_cases(scan, 10**9).height
+    users = ev.user_cases(scan, history, 10**9)[0]["user"].n_unique()
+    assert pairs > 20_000 and users > 500
+    # a sample cut in the first part, in a later part, and none (the whole day)
+    for max_cases, max_users in ((500, 40), (pairs * 3 // 4, users * 3 // 4), (10**9, 10**9)):
+        whole = ev.next_item_cases(events.events, max_cases)
+        targets, seen = ev.user_cases(events.events, history, max_users)
+        assert whole.height == pairs if max_cases >= pairs else 0 < whole.height <= max_cases
+        assert targets["user"].n_unique() == min(users, max_users)
+        for parts in (2, 5):
+            assert ev.next_item_cases(scan, max_cases, parts).equals(whole), (max_cases, parts)
+            cut_targets, cut_seen = ev.user_cases(scan, history, max_users, parts)
+            assert cut_targets.sort(["user", "target"]).equals(targets.sort(["user", "target"]))
+            assert cut_seen.sort(["user", "item"]).equals(seen.sort(["user", "item"]))
 
 
 def test_a_day_re_aggregated_for_a_window_is_worked_in_shards(raw_day, make_config, monkeypatch):

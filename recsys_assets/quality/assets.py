@@ -9,17 +9,21 @@ a failure stops the run's publish, and the publish sensor waits for them like th
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import orjson
 import polars as pl
 
 from recsys_assets.aggregates.window import load_window
 from recsys_assets.artifacts.assets import artifact_window, disabled_reasons
 from recsys_assets.artifacts.staging import ArtifactStore
-from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface
+from recsys_assets.config import ARTIFACT_TYPES, AppConfig, Quality, TenantSurface, scratch_dir
 from recsys_assets.events.assets import CANONICAL
+from recsys_assets.events.canonical import EVENT_SCHEMA
+from recsys_assets.events.spill import bucket_count
 from recsys_assets.events.store import CanonicalStore
 from recsys_assets.metadata import markdown_table
 from recsys_assets.partitions import DATE_DIM, TENANT_SURFACE_DIM, parse_partition_key
@@ -60,18 +64,28 @@ def _previous_day() -> dg.PartitionMapping:
 
 def _history(
     store: CanonicalStore, config: AppConfig, entry: TenantSurface, day: dt.date, days: int
-) -> pl.DataFrame:
-    """(user, item) seen in the window of `days` days ending with `day`."""
+) -> Callable[[int, int], pl.DataFrame]:
+    """(user, item) seen in the window of `days` days ending with `day`, by part of the
+    users (see `evaluate.hash_part`): only a part's pairs become strings."""
     window = load_window(store, config, entry, day, days, ["user_item_counts"])
     window.wait_saved()
     coded = window.frames["user_item_counts"]
-    matrix = coded.matrix
-    return pl.DataFrame(
-        {
-            "user": coded.rows.gather(pl.Series(coded.row_codes())),
-            "item": coded.columns.gather(pl.Series(matrix.indices)),
-        }
-    )
+
+    def part_of(parts: int, part: int) -> pl.DataFrame:
+        matrix, rows = coded.matrix, np.arange(coded.rows.len())
+        if parts > 1:
+            users = pl.DataFrame({"user": coded.rows})
+            chosen = users.select(ev.hash_part(pl.col("user"), parts, part)).to_series()
+            rows = np.flatnonzero(chosen.to_numpy())
+            matrix = matrix[rows]
+        return pl.DataFrame(
+            {
+                "user": coded.rows.gather(pl.Series(np.repeat(rows, np.diff(matrix.indptr)))),
+                "item": coded.columns.gather(pl.Series(matrix.indices)),
+            }
+        )
+
+    return part_of
 
 
 class _Verdict:
@@ -241,10 +255,6 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                     metadata={"skipped": True},
                 )
             return
-        events, _ = canonical_store.read_events(
-            partition, columns=["ts", "session_id", "rank", "item_id", "user_id"]
-        )
-        next_cases = ev.next_item_cases(events, quality.max_cases)
         live = live_versions(publish_targets, entry)
         versions: dict[str, str] = {}
         lists: dict[str, dict[str, ev.RankedList]] = {"candidate": {}, "live": {}}
@@ -277,11 +287,29 @@ def quality_asset(config: AppConfig, partitions_def: dg.PartitionsDefinition):
                 )
                 continue
             lists["live"] |= ev.ranked_lists(artifact_type, published)
-        # Users with history in each window length, their targets on the held-out day.
-        users: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
-        for days in sorted(set(windows.values())):
-            history = _history(canonical_store, config, entry, previous, days)
-            users[days] = ev.user_cases(events, history, quality.max_users)
+        # The held-out day's cases, read from its file a part at a time once it has more
+        # than scale.shard_events events (as daily_aggregates does): the same cases.
+        with canonical_store.events_file(partition, scratch_dir(config)) as (path, marker):
+            parts = bucket_count(marker["counts"]["rows"], config.scale.shard_events)
+            if parts > 1:
+                context.log.info(
+                    f"{partition}: sampling {marker['counts']['rows']:,} held-out events in "
+                    f"up to {parts} parts of sessions and of users "
+                    f"(scale.shard_events {config.scale.shard_events:,})"
+                )
+            columns = ["ts", "session_id", "rank", "item_id", "user_id"]
+            events = (
+                pl.scan_parquet(path)
+                .select(columns)
+                .cast({name: EVENT_SCHEMA[name] for name in columns})
+            )
+            next_cases = ev.next_item_cases(events, quality.max_cases, parts)
+            # Users with history in each window length, their targets on the held-out day.
+            users: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
+            for days in sorted(set(windows.values())):
+                history = _history(canonical_store, config, entry, previous, days)
+                users[days] = ev.user_cases(events, history, quality.max_users, parts)
+                del history
         scores: dict[str, dict[str, dict[str, ev.Metrics]]] = {}
         cases = {"next_item": next_cases.height}
         for role, named in lists.items():

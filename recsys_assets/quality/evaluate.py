@@ -23,6 +23,7 @@ it, found with one as-of join.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,16 +146,44 @@ def list_entries(artifact_type: str, blob: Any) -> dict[str, pl.DataFrame]:
     return {name: ranked.entries() for name, ranked in ranked_lists(artifact_type, blob).items()}
 
 
-def next_item_cases(events: pl.DataFrame, max_cases: int) -> pl.DataFrame:
-    """(case, user, item_t, target) of a day's events, at most `max_cases`, kept by whole
-    sessions chosen by a hash of their id (the same sessions on every run)."""
-    ordered = events.select("ts", "session_id", "rank", "item_id", "user_id").sort(
-        ["session_id", "ts", "rank", "item_id"]
-    )
-    pairs = ordered.with_columns(
-        target=pl.col("item_id").shift(-1).over("session_id"),
-    ).filter(pl.col("target").is_not_null() & (pl.col("target") != pl.col("item_id")))
-    pairs = _sampled(pairs, "session_id", max_cases)
+# The cases are whole sessions and users taken in the order of this seeded hash of their id.
+_SAMPLE_SEED = 17
+
+
+def hash_part(ids: pl.Expr, parts: int, part: int) -> pl.Expr:
+    """Whether each id falls in `part` of `parts` equal ranges of the sampling hash: part 0
+    holds the ids a sample takes first, so a sample built a part at a time can stop early."""
+    if parts == 1:
+        return pl.lit(True)
+    step = -(-(2**64) // parts)
+    return ids.hash(seed=_SAMPLE_SEED) // pl.lit(step, dtype=pl.UInt64) == part
+
+
+def next_item_cases(
+    events: pl.DataFrame | pl.LazyFrame, max_cases: int, parts: int = 1
+) -> pl.DataFrame:
+    """(case, user, item_t, target) of a day's events (a frame or a scan of the day's
+    file), at most `max_cases`, kept by whole sessions chosen by a hash of their id (the
+    same sessions on every run). With `parts` > 1 the day is read a part of that hash's
+    range at a time, first part first, until the sample is full: the same cases, with one
+    part of the day in memory."""
+    scan = events.lazy().select("ts", "session_id", "rank", "item_id", "user_id")
+    order = ["session_id", "ts", "rank", "item_id"]
+    taken, room = [], max_cases
+    for part in range(parts):
+        ordered = scan if parts == 1 else scan.filter(hash_part(pl.col("session_id"), parts, part))
+        pairs = (
+            ordered.sort(order)
+            .with_columns(target=pl.col("item_id").shift(-1).over("session_id"))
+            .filter(pl.col("target").is_not_null() & (pl.col("target") != pl.col("item_id")))
+            .collect()
+        )
+        chosen = _sampled(pairs, "session_id", room)
+        taken.append(chosen)
+        room -= chosen.height
+        if chosen.height < pairs.height:  # full: the parts after hold none of the sample
+            break
+    pairs = pl.concat(taken).sort(order) if len(taken) > 1 else taken[0]
     return pairs.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("case"),
         pl.col("user_id").alias("user"),
@@ -164,20 +193,44 @@ def next_item_cases(events: pl.DataFrame, max_cases: int) -> pl.DataFrame:
 
 
 def user_cases(
-    events: pl.DataFrame, history: pl.DataFrame, max_users: int
+    events: pl.DataFrame | pl.LazyFrame,
+    history: pl.DataFrame | Callable[[int, int], pl.DataFrame],
+    max_users: int,
+    parts: int = 1,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(user, target) pairs: the day's items each user with window history had not seen,
     for at most `max_users` users chosen by a hash of their id; and those users' history
-    (user, item)."""
-    day = events.filter(pl.col("user_id").is_not_null()).select(
-        pl.col("user_id").alias("user"), pl.col("item_id").alias("item")
-    )
-    seen = history.join(day.select("user").unique(), on="user", how="semi")
-    targets = day.unique().join(seen, on=["user", "item"], how="anti")
-    targets = targets.join(seen.select("user").unique(), on="user", how="semi")
-    chosen = _sampled(targets.select("user").unique(), "user", max_users)
-    targets = targets.join(chosen, on="user", how="semi").rename({"item": "target"})
-    return targets, seen.join(chosen, on="user", how="semi")
+    (user, item). `history` is the window's (user, item) pairs, or gives those of the users
+    in `part` of `parts` (see `hash_part`). With `parts` > 1 the users are worked a part at
+    a time, first part first, until the sample is full: the same cases."""
+    scan = events.lazy().filter(pl.col("user_id").is_not_null())
+    if isinstance(history, pl.DataFrame):
+        pairs = history
+
+        def history(parts: int, part: int) -> pl.DataFrame:
+            return pairs if parts == 1 else pairs.filter(hash_part(pl.col("user"), parts, part))
+
+    taken, room = [], max_users
+    for part in range(parts):
+        day = (
+            (scan if parts == 1 else scan.filter(hash_part(pl.col("user_id"), parts, part)))
+            .select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"))
+            .collect()
+        )
+        seen = history(parts, part).join(day.select("user").unique(), on="user", how="semi")
+        targets = day.unique().join(seen, on=["user", "item"], how="anti")
+        eligible = targets.select("user").unique().join(seen, on="user", how="semi")
+        chosen = _sampled(eligible, "user", room)
+        taken.append(
+            (
+                targets.join(chosen, on="user", how="semi").rename({"item": "target"}),
+                seen.join(chosen, on="user", how="semi"),
+            )
+        )
+        room -= chosen.height
+        if chosen.height < eligible.height:
+            break
+    return pl.concat(t for t, _ in taken), pl.concat(s for _, s in taken)
 
 
 def _sampled(frame: pl.DataFrame, column: str, limit: int) -> pl.DataFrame:
@@ -188,7 +241,7 @@ def _sampled(frame: pl.DataFrame, column: str, limit: int) -> pl.DataFrame:
     sizes = (
         frame.group_by(column)
         .len()
-        .with_columns(_h=pl.col(column).hash(seed=17))
+        .with_columns(_h=pl.col(column).hash(seed=_SAMPLE_SEED))
         .sort(["_h", column])
     )
     keep = sizes.filter(pl.col("len").cum_sum() <= limit).select(column)
