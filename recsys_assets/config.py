@@ -332,7 +332,8 @@ class Scale(_Model):
     others spilled to `spill_dir`."""
     shard_events: PositiveInt = 12_000_000
     """daily_aggregates: events per shard; a bigger day is aggregated a shard of sessions and
-    of users at a time, and the shards summed."""
+    of users at a time, and the shards summed. artifact_quality reads a bigger held-out day
+    as many ranges of its sampling hash, until its sample is full."""
     spill_dir: str | None = None
     """Local folder of spilled buckets and downloaded days (default: the system temp folder,
     `$TMPDIR`)."""
