@@ -207,9 +207,11 @@ def user_cases(
     if isinstance(history, pl.DataFrame):
         pairs = history
 
-        def history(parts: int, part: int) -> pl.DataFrame:
+        def history_of(parts: int, part: int) -> pl.DataFrame:
             return pairs if parts == 1 else pairs.filter(hash_part(pl.col("user"), parts, part))
 
+    else:
+        history_of = history
     taken, room = [], max_users
     for part in range(parts):
         day = (
@@ -217,7 +219,7 @@ def user_cases(
             .select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"))
             .collect()
         )
-        seen = history(parts, part).join(day.select("user").unique(), on="user", how="semi")
+        seen = history_of(parts, part).join(day.select("user").unique(), on="user", how="semi")
         targets = day.unique().join(seen, on=["user", "item"], how="anti")
         eligible = targets.select("user").unique().join(seen, on="user", how="semi")
         chosen = _sampled(eligible, "user", room)
