@@ -152,7 +152,8 @@ _SAMPLE_SEED = 17
 
 def hash_part(ids: pl.Expr, parts: int, part: int) -> pl.Expr:
     """Whether each id falls in `part` of `parts` equal ranges of the sampling hash: part 0
-    holds the ids a sample takes first, so a sample built a part at a time can stop early."""
+    holds the ids a sample takes first, so a sample built a part at a time can stop early.
+    One part is every id (a filter on it is no filter)."""
     if parts == 1:
         return pl.lit(True)
     step = -(-(2**64) // parts)
@@ -171,9 +172,9 @@ def next_item_cases(
     order = ["session_id", "ts", "rank", "item_id"]
     taken, room = [], max_cases
     for part in range(parts):
-        ordered = scan if parts == 1 else scan.filter(hash_part(pl.col("session_id"), parts, part))
         pairs = (
-            ordered.sort(order)
+            scan.filter(hash_part(pl.col("session_id"), parts, part))
+            .sort(order)
             .with_columns(target=pl.col("item_id").shift(-1).over("session_id"))
             .filter(pl.col("target").is_not_null() & (pl.col("target") != pl.col("item_id")))
             .collect()
@@ -208,14 +209,14 @@ def user_cases(
         pairs = history
 
         def history_of(parts: int, part: int) -> pl.DataFrame:
-            return pairs if parts == 1 else pairs.filter(hash_part(pl.col("user"), parts, part))
+            return pairs.filter(hash_part(pl.col("user"), parts, part))
 
     else:
         history_of = history
     taken, room = [], max_users
     for part in range(parts):
         day = (
-            (scan if parts == 1 else scan.filter(hash_part(pl.col("user_id"), parts, part)))
+            scan.filter(hash_part(pl.col("user_id"), parts, part))
             .select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"))
             .collect()
         )
